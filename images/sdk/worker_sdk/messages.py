@@ -1,0 +1,110 @@
+"""JSON shapes of device messages (The Things Stack v3 compatible), shared by the handler and workers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ID_PATTERN = r"^[a-z0-9](?:-?[a-z0-9]){2,35}$"
+EUI_PATTERN = r"^[0-9A-Fa-f]{16}$"
+
+
+def _check_base64(value: str) -> str:
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ValueError("must be base64") from err
+    return value
+
+
+Base64Str = Annotated[str, AfterValidator(_check_base64)]
+Priority = Literal["LOWEST", "LOW", "BELOW_NORMAL", "NORMAL", "ABOVE_NORMAL", "HIGH", "HIGHEST"]
+
+
+def now_iso() -> str:
+    """The current time as RFC 3339 UTC with microseconds, as The Things Stack writes it."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class UplinkSubmission(BaseModel):
+    """An uplink as a device or a simulator sends it to the handler (MQTT `up/push` or HTTP POST)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    f_port: int | None = Field(None, ge=0, le=255)
+    f_cnt: int | None = Field(None, ge=0)
+    frm_payload: Base64Str | None = None
+    decoded_payload: dict[str, Any] | None = None
+    rx_metadata: list[dict[str, Any]] | None = None
+    settings: dict[str, Any] | None = None
+    correlation_ids: list[str] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap_tts_form(cls, data: Any) -> Any:
+        # Accept a whole The Things Stack uplink too, so recorded traffic can be replayed as is.
+        if isinstance(data, dict) and isinstance(data.get("uplink_message"), dict):
+            inner = dict(data["uplink_message"])
+            inner.pop("received_at", None)
+            if data.get("correlation_ids"):
+                inner.setdefault("correlation_ids", data["correlation_ids"])
+            return inner
+        return data
+
+
+class Downlink(BaseModel):
+    """One downlink as pushed by an integration (`down/push`, `down/replace` or HTTP)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    f_port: int = Field(ge=1, le=223)
+    frm_payload: Base64Str | None = None
+    decoded_payload: dict[str, Any] | None = None
+    confirmed: bool = False
+    priority: Priority = "NORMAL"
+    correlation_ids: list[str] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _has_payload(self) -> Downlink:
+        if self.frm_payload is None and self.decoded_payload is None:
+            raise ValueError("a downlink needs frm_payload or decoded_payload")
+        return self
+
+    def payload_size(self) -> int:
+        """Size in bytes of the binary payload (0 when only decoded_payload is set)."""
+        return len(base64.b64decode(self.frm_payload)) if self.frm_payload else 0
+
+
+class DownlinkRequest(BaseModel):
+    """The body of `down/push` and `down/replace`: `{"downlinks": [...]}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    downlinks: list[Downlink] = Field(min_length=1, max_length=16)
+
+
+def end_device_ids(
+    app_id: str, device_id: str, dev_eui: str | None = None, join_eui: str | None = None
+) -> dict[str, Any]:
+    """The `end_device_ids` object that every device message carries."""
+    ids: dict[str, Any] = {"device_id": device_id, "application_ids": {"application_id": app_id}}
+    if dev_eui:
+        ids["dev_eui"] = dev_eui.upper()
+    if join_eui:
+        ids["join_eui"] = join_eui.upper()
+    return ids
+
+
+def describe_errors(err: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    """Turn a pydantic error into `[{"field": "a.b", "message": "..."}]`, one entry per problem."""
+    problems = []
+    for item in err.errors(include_url=False):
+        path = ".".join(str(part) for part in item["loc"])
+        field = ".".join(part for part in (prefix, path) if part)
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append({"field": field or "(body)", "message": message})
+    return problems

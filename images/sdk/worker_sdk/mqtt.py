@@ -1,0 +1,216 @@
+"""An asyncio MQTT 5 connection with a persistent session, QoS 1, and acknowledgement after handling.
+
+Built on gmqtt (no paho-mqtt 2 needed): with `optimistic_acknowledgement=False` gmqtt sends the
+PUBACK of a QoS 1 message only when its async handler returns, so a message is acknowledged after it
+was delivered, and a worker that dies before that gets it again on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from gmqtt import Client, Message
+from gmqtt.mqtt.constants import MQTTv50, PubAckReasonCode
+from gmqtt.storage import PersistentStorage
+
+log = logging.getLogger(__name__)
+logging.getLogger("gmqtt").setLevel(logging.WARNING)
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+ConnectedHook = Callable[[], Awaitable[None]]
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+
+
+class MqttError(Exception):
+    """The broker could not be reached, refused us, or did not acknowledge in time."""
+
+
+class _AckTrackingStorage(PersistentStorage):
+    """gmqtt's in-flight store, extended so a publisher can wait for the PUBACK of its message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_mid: int | None = None
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        super().push_message(mid, raw_package)
+        self.last_mid = mid
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        super().remove_message_by_mid(mid)
+        waiter = self.waiters.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """True when `topic` matches an MQTT filter with `+` and `#` (shared-subscription prefix ignored)."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    filter_parts, topic_parts = topic_filter.split("/"), topic.split("/")
+    for index, part in enumerate(filter_parts):
+        if part == "#":
+            return True
+        if index >= len(topic_parts) or (part != "+" and part != topic_parts[index]):
+            return False
+    return len(filter_parts) == len(topic_parts)
+
+
+class MqttConnection:
+    """One broker connection: subscribe with async handlers, publish and wait for the broker's PUBACK."""
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        persistent: bool = True,
+        receive_maximum: int = 64,
+        will: tuple[str, bytes, bool] | None = None,
+        ca_file: str | None = None,
+        keepalive: int = 30,
+    ) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.tls = parts.scheme == "mqtts"
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.client_id = client_id
+        self.keepalive = keepalive
+        self._handlers: list[tuple[str, MessageHandler]] = []
+        self.on_reconnect: list[ConnectedHook] = []  # run after every connect but the first
+        self._connections = 0
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        self._storage = _AckTrackingStorage()
+        self._connected = asyncio.Event()
+        self._ssl_context: ssl.SSLContext | bool = False
+        if self.tls:
+            self._ssl_context = ssl.create_default_context(cafile=ca_file)
+        will_message = Message(will[0], will[1], qos=1, retain=will[2]) if will else None
+        self._client = Client(
+            client_id,
+            clean_session=not persistent,
+            optimistic_acknowledgement=False,
+            persistent_storage=self._storage,
+            will_message=will_message,
+            session_expiry_interval=SESSION_NEVER_EXPIRES if persistent else 0,
+            receive_maximum=receive_maximum,
+        )
+        self._client.reconnect_delay = 1
+        if username:
+            self._client.set_auth_credentials(username, password)
+        self._client.on_message = self._on_message
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the broker connection is up."""
+        return self._connected.is_set()
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Register a handler; the subscription is (re)made on every connect, with QoS 1."""
+        self._handlers.append((topic_filter, handler))
+        if self.is_connected:
+            self._client.subscribe(topic_filter, qos=1)
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Connect once; raises MqttError naming the broker when it is unreachable or refuses us."""
+        try:
+            await asyncio.wait_for(
+                self._client.connect(
+                    self.host, self.port, ssl=self._ssl_context, keepalive=self.keepalive, version=MQTTv50
+                ),
+                timeout,
+            )
+        except (OSError, TimeoutError) as err:
+            raise MqttError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {err}") from err
+        except Exception as err:  # gmqtt raises its own connect errors (bad credentials, refused)
+            raise MqttError(f"the MQTT broker at {self.host}:{self.port} refused us: {err}") from err
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def connect_with_retry(self, stop: asyncio.Event | None = None, max_delay: float = 30.0) -> None:
+        """Connect, retrying with back-off until it works (or `stop` is set)."""
+        delay = 0.5
+        while True:
+            try:
+                await self.connect()
+                return
+            except MqttError as err:
+                log.warning("%s; retrying in %.0f s", err, delay)
+            if stop is not None and stop.is_set():
+                raise MqttError("stopped before the broker answered")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+    async def disconnect(self) -> None:
+        """Close the connection cleanly (the session, if persistent, stays on the broker)."""
+        try:
+            await asyncio.wait_for(self._client.disconnect(), 5)
+        except Exception as err:  # already gone: nothing left to close
+            log.debug("disconnect: %s", err)
+        self._connected.clear()
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str | dict[str, Any],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
+        """Publish; with QoS 1, return only once the broker acknowledged the message."""
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, separators=(",", ":"))
+        await asyncio.wait_for(self._connected.wait(), timeout)
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+        if qos == 0:
+            return
+        mid = self._storage.last_mid
+        if mid is None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._storage.waiters[mid] = waiter
+        try:
+            # gmqtt re-sends unacknowledged messages after a reconnect, so waiting stays safe.
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError as err:
+            self._storage.waiters.pop(mid, None)
+            raise MqttError(f"the broker did not acknowledge a message on {topic} within {timeout:.0f} s") from err
+
+    def _on_connect(self, client: Client, flags: int, rc: int, properties: dict[str, Any]) -> None:
+        log.info("connected to MQTT broker %s:%s as %s", self.host, self.port, self.client_id)
+        for topic_filter, _ in self._handlers:
+            client.subscribe(topic_filter, qos=1)
+        self._connected.set()
+        self._connections += 1
+        if self._connections > 1:
+            for hook in self.on_reconnect:
+                task = asyncio.ensure_future(hook())
+                self._hook_tasks.add(task)
+                task.add_done_callback(self._hook_tasks.discard)
+
+    def _on_disconnect(self, client: Client, packet: Any, exc: Exception | None = None) -> None:
+        if self._connected.is_set():
+            log.warning("lost the MQTT broker connection; reconnecting")
+        self._connected.clear()
+
+    async def _on_message(
+        self, client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
+    ) -> int:
+        for topic_filter, handler in self._handlers:
+            if topic_matches(topic_filter, topic):
+                await handler(topic, payload)
+                break
+        else:
+            log.debug("no handler for %s", topic)
+        return int(PubAckReasonCode.SUCCESS)

@@ -1,0 +1,67 @@
+"""Typed worker configuration from environment variables, as the orchestrator passes it."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HandlerSettings(BaseSettings):
+    """How to reach the handler: set by the orchestrator for every worker (`HANDLER_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="HANDLER_", extra="ignore")
+
+    mqtt_url: str = Field(description="Broker URL, mqtt:// or mqtts://")
+    api_url: str = Field(description="Handler HTTP API base URL")
+    application_id: str
+    api_key: SecretStr = Field(description="Application key scoped to this integration")
+    mqtt_username: str | None = Field(None, description="Broker user; defaults to the key's id")
+    mqtt_password: SecretStr | None = Field(None, description="Broker password; defaults to the key")
+    ca_file: str | None = None
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
+        return value
+
+    @property
+    def broker_username(self) -> str:
+        """The broker user name: explicit, or the key id (`ik.ID.SECRET` -> `ik.ID`)."""
+        if self.mqtt_username:
+            return self.mqtt_username
+        return ".".join(self.api_key.get_secret_value().split(".")[:2])
+
+    @property
+    def broker_password(self) -> str:
+        """The broker password: explicit, or the application key itself."""
+        secret = self.mqtt_password or self.api_key
+        return secret.get_secret_value()
+
+
+class WorkerSettings(BaseSettings):
+    """Identity and delivery policy of this worker (`INTEGRATION_ID`, `WORKER_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore")
+
+    integration_id: str = Field(validation_alias="INTEGRATION_ID")
+    replica: int = Field(0, ge=0, description="Index of this replica; replicas share the messages")
+    replicas: int = Field(1, ge=1)
+    concurrency: int = Field(32, ge=1, le=1000, description="Messages handled at once")
+    retry_initial_seconds: float = Field(1.0, gt=0)
+    retry_max_delay_seconds: float = Field(60.0, gt=0)
+    retry_max_duration_seconds: float = Field(3600.0, ge=0, description="0 retries for ever")
+    stats_interval_seconds: float = Field(2.0, gt=0)
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    health_file: str = "/tmp/worker-health"
+    log_level: str = "INFO"
+
+
+class ImageSettings(BaseSettings):
+    """Base class of an image's own configuration; subclasses set `env_prefix`."""
+
+    model_config = SettingsConfigDict(extra="ignore")

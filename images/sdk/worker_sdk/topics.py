@@ -1,0 +1,89 @@
+"""The MQTT topic layout shared by the handler and every worker (The Things Stack v3 style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "v3"
+
+# Topic suffixes under v3/{app}/devices/{dev}/ and the event names they appear as on the event stream.
+DEVICE_TOPIC_EVENTS: dict[str, str] = {
+    "up": "uplink",
+    "up/push": "uplink.push",
+    "events/up/errors": "uplink.error",
+    "down/push": "downlink.push",
+    "down/replace": "downlink.replace",
+    "down/queued": "downlink.queued",
+    "down/sent": "downlink.sent",
+    "down/failed": "downlink.failed",
+    "down/deliver": "downlink.deliver",
+    "events/create": "device.create",
+    "events/update": "device.update",
+    "events/delete": "device.delete",
+}
+EVENT_DEVICE_TOPICS: dict[str, str] = {event: suffix for suffix, event in DEVICE_TOPIC_EVENTS.items()}
+
+# Events an integration can subscribe to (the rest are requests to the handler, not events).
+SUBSCRIBABLE_EVENTS = (
+    "uplink",
+    "uplink.error",
+    "downlink.queued",
+    "downlink.sent",
+    "downlink.failed",
+    "device.create",
+    "device.update",
+    "device.delete",
+)
+
+
+def device_topic(app_id: str, device_id: str, suffix: str) -> str:
+    """Topic of one device message, for example `v3/app/devices/dev/up`."""
+    return f"{PREFIX}/{app_id}/devices/{device_id}/{suffix}"
+
+
+def event_topic(app_id: str, event: str, device_id: str = "+") -> str:
+    """Topic (or filter, with the default `+` device) that carries one device event name."""
+    return device_topic(app_id, device_id, EVENT_DEVICE_TOPICS[event])
+
+
+def integration_topic(app_id: str, integration_id: str, suffix: str) -> str:
+    """Topic under one integration, for example `v3/app/integrations/int/events/error`."""
+    return f"{PREFIX}/{app_id}/integrations/{integration_id}/{suffix}"
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """A shared subscription, so that replicas of one integration split the messages."""
+    return f"$share/{group}/{topic_filter}"
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    """What a topic under the v3 prefix addresses: a device or an integration, and which channel."""
+
+    app_id: str
+    suffix: str
+    device_id: str | None = None
+    integration_id: str | None = None
+
+    @property
+    def event(self) -> str | None:
+        """The event-stream name of this topic, or None for channels that are not events."""
+        if self.device_id is not None:
+            return DEVICE_TOPIC_EVENTS.get(self.suffix)
+        name = self.suffix.removeprefix("events/")
+        if name != self.suffix and name and "/" not in name:
+            return "integration." + name
+        return None
+
+
+def parse(topic: str) -> ParsedTopic | None:
+    """Parse a topic under the v3 prefix; None if it is not one of ours."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != PREFIX or not all(parts[1:4]):
+        return None
+    app_id, kind, ident, suffix = parts[1], parts[2], parts[3], "/".join(parts[4:])
+    if kind == "devices":
+        return ParsedTopic(app_id, suffix, device_id=ident)
+    if kind == "integrations":
+        return ParsedTopic(app_id, suffix, integration_id=ident)
+    return None

@@ -1,0 +1,389 @@
+"""The Worker base class: connection to the handler, at-least-once delivery, device sync, health and stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+from . import topics
+from .errors import PermanentError, RetryableError
+from .messages import now_iso
+from .mqtt import MqttConnection, MqttError
+from .redact import Redactor
+from .registry import Device, DeviceRegistry
+from .settings import HandlerSettings, ImageSettings, WorkerSettings
+
+log = logging.getLogger(__name__)
+
+DELIVERY_EVENT_MIN_INTERVAL = 0.2  # at most five delivery events a second: history, not a firehose
+RETRY_EVENT_MIN_INTERVAL = 5.0
+HEALTH_INTERVAL = 5.0
+
+
+class Interrupted(Exception):
+    """The worker is shutting down while a message waits to be retried; leave it unacknowledged."""
+
+
+@dataclass
+class Event:
+    """One message a worker receives: an uplink, a downlink lifecycle event or a device event."""
+
+    name: str
+    topic: str
+    application_id: str
+    device_id: str
+    payload: dict[str, Any]
+    device: Device | None = None
+
+    @property
+    def correlation_ids(self) -> list[str]:
+        """Correlation ids the handler gave this message."""
+        return list(self.payload.get("correlation_ids") or [])
+
+    @property
+    def received_at(self) -> str:
+        """When the handler received the message (RFC 3339)."""
+        return str(self.payload.get("received_at") or "")
+
+
+@dataclass
+class Counters:
+    """Delivery counters, sent to the handler as deltas."""
+
+    delivered: int = 0
+    failed: int = 0
+    retried: int = 0
+    last_delivery_at: str | None = None
+    sent: dict[str, int] = field(default_factory=lambda: {"delivered": 0, "failed": 0, "retried": 0})
+
+    def pending(self) -> dict[str, Any]:
+        """What changed since the last report."""
+        delta: dict[str, Any] = {
+            name: getattr(self, name) - self.sent[name] for name in ("delivered", "failed", "retried")
+        }
+        delta = {name: value for name, value in delta.items() if value}
+        if delta and self.last_delivery_at:
+            delta["last_delivery_at"] = self.last_delivery_at
+        return delta
+
+    def mark_sent(self, delta: dict[str, Any]) -> None:
+        """Record that a delta reached the handler."""
+        for name in ("delivered", "failed", "retried"):
+            self.sent[name] += delta.get(name, 0)
+
+
+class Worker:
+    """Base class of an integration worker: subclasses implement `handle` (and optionally more)."""
+
+    settings_class: ClassVar[type[ImageSettings] | None] = None
+    default_events: ClassVar[tuple[str, ...]] = ("uplink",)
+
+    def __init__(self, settings: Any, handler: HandlerSettings, worker: WorkerSettings) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.worker = worker
+        self.app_id = handler.application_id
+        self.integration_id = worker.integration_id
+        self.events: tuple[str, ...] = self.default_events
+        self.log = logging.getLogger(type(self).__module__)
+        self.counters = Counters()
+        self.registry = DeviceRegistry(handler.api_url, self.app_id, handler.api_key.get_secret_value())
+        self.http: aiohttp.ClientSession | None = None
+        self.mqtt = MqttConnection(
+            handler.mqtt_url,
+            f"integration-{self.app_id}-{self.integration_id}-{worker.replica}",
+            username=handler.broker_username,
+            password=handler.broker_password,
+            receive_maximum=worker.concurrency,
+            will=(self._status_topic(), json.dumps({"state": "offline"}).encode(), True),
+            ca_file=handler.ca_file,
+        )
+        self.redactor = Redactor.from_environment()
+        self._stop = asyncio.Event()
+        self._draining = False
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._last_delivery_event = 0.0
+        self._last_retry_event = 0.0
+
+    # -- what subclasses implement ------------------------------------------------------------
+
+    def configure(self) -> None:
+        """Check and compile the configuration; raise ConfigurationError naming each problem."""
+
+    async def setup(self) -> None:
+        """Prepare clients for the target platform (called once, after the handler connection)."""
+
+    async def handle(self, event: Event) -> dict[str, Any] | None:
+        """Deliver one event; return details for the delivery history, raise Retryable/PermanentError."""
+        raise NotImplementedError
+
+    async def on_device_event(self, name: str, device: Device) -> None:
+        """React to a registry change (`device.create|update|delete`): sync it to the platform."""
+
+    async def teardown(self) -> None:
+        """Release platform clients (called once, on shutdown)."""
+
+    # -- services for subclasses ----------------------------------------------------------------
+
+    async def push_downlinks(self, device_id: str, downlinks: list[dict[str, Any]], replace: bool = False) -> None:
+        """Send downlinks to a device through the handler (`down/push` or `down/replace`)."""
+        suffix = "down/replace" if replace else "down/push"
+        await self.mqtt.publish(topics.device_topic(self.app_id, device_id, suffix), {"downlinks": downlinks})
+
+    async def report(self, event: str, message: str, **details: Any) -> None:
+        """Publish an integration event (`error`, `delivery`, ...) that the orchestrator records."""
+        body = {
+            "application_id": self.app_id,
+            "integration_id": self.integration_id,
+            "replica": self.worker.replica,
+            "event": event,
+            "time": now_iso(),
+            "message": message,
+            "details": details,
+        }
+        body = self.redactor.data(body)
+        topic = topics.integration_topic(self.app_id, self.integration_id, f"events/{event}")
+        try:
+            await self.mqtt.publish(topic, body, qos=0 if event == "delivery" else 1, timeout=10)
+        except (MqttError, TimeoutError) as err:
+            log.warning("could not report %s event: %s", event, err)
+
+    def stop(self) -> None:
+        """Ask the worker to shut down gracefully."""
+        self._stop.set()
+
+    # -- machinery ------------------------------------------------------------------------------
+
+    def _status_topic(self) -> str:
+        return topics.integration_topic(self.app_id, self.integration_id, f"status/{self.worker.replica}")
+
+    def _subscribe(self) -> None:
+        group = f"{self.app_id}.{self.integration_id}"
+        for name in self.events:
+            if name.startswith("device."):
+                continue  # device events arrive on the registry subscription below
+            topic_filter = topics.event_topic(self.app_id, name)
+            if self.worker.replicas > 1:
+                topic_filter = topics.shared(group, topic_filter)
+            self.mqtt.subscribe(topic_filter, self._on_message)
+        # Every replica needs every registry change, so this one is never shared.
+        self.mqtt.subscribe(topics.device_topic(self.app_id, "+", "events/+"), self._on_device_message)
+
+    async def run(self) -> None:
+        """Run until stopped: connect, sync devices, deliver messages, then drain and disconnect."""
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        background: list[asyncio.Task[Any]] = []
+        try:
+            self._subscribe()
+            await self.mqtt.connect_with_retry(self._stop)
+            await self._load_registry()
+            await self.setup()
+            await self.mqtt.publish(self._status_topic(), self._status("running"), retain=True)
+            self.mqtt.on_reconnect.append(self._announce_running)
+            self.log.info("integration %s running (replica %d)", self.integration_id, self.worker.replica)
+            background = [asyncio.create_task(self._stats_loop()), asyncio.create_task(self._health_loop())]
+            await self._stop.wait()
+        except MqttError as err:
+            log.error("%s", err)
+        finally:
+            await self._shutdown(background)
+
+    async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
+        self._draining = True
+        if self._inflight:
+            log.info("waiting for %d messages in flight", len(self._inflight))
+            _, pending = await asyncio.wait(self._inflight, timeout=self.worker.shutdown_grace_seconds)
+            for task in pending:
+                task.cancel()  # left unacknowledged: the broker redelivers them after a restart
+        for task in background:
+            task.cancel()
+        if self.mqtt.is_connected:
+            await self._send_stats()
+            await self.mqtt.publish(self._status_topic(), self._status("stopped"), retain=True, timeout=5)
+            await self.mqtt.disconnect()
+        await self.teardown()
+        if self.http is not None:
+            await self.http.close()
+        self.log.info("integration %s stopped", self.integration_id)
+
+    async def _announce_running(self) -> None:
+        # The broker published our will ("offline") when the connection dropped: say we are back.
+        if not self._draining:
+            await self.mqtt.publish(self._status_topic(), self._status("running"), retain=True)
+
+    def _status(self, state: str) -> dict[str, Any]:
+        return {"state": state, "replica": self.worker.replica, "pid": os.getpid(), "time": now_iso()}
+
+    async def _load_registry(self) -> None:
+        assert self.http is not None
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                await self.registry.load(self.http)
+                return
+            except (aiohttp.ClientError, RuntimeError, TimeoutError, KeyError) as err:
+                message = f"cannot load the device registry from {self.handler.api_url}: {err}"
+                log.warning("%s", message)
+                await self.report("error", message)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30)
+
+    async def _on_device_message(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        name = parsed.event if parsed else None
+        if name not in ("device.create", "device.update", "device.delete"):
+            return
+        try:
+            data = json.loads(payload)
+            device = self.registry.apply(name, data["device"])
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("ignoring malformed device event on %s: %s", topic, err)
+            return
+        try:
+            await self.on_device_event(name, device)
+        except Exception as err:
+            log.exception("device sync failed for %s", device.device_id)
+            await self.report("error", f"device sync failed for {device.device_id}: {err}", device_id=device.device_id)
+        if name in self.events:
+            await self._on_message(topic, payload)
+
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        if self._draining:
+            await asyncio.Future()  # never acknowledged: redelivered when the worker comes back
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            await self._process(topic, payload)
+        finally:
+            self._inflight.discard(task)
+
+    async def _process(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        try:
+            data = json.loads(payload)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            self.counters.failed += 1
+            await self.report("error", f"malformed message on {topic}: {err}", topic=topic)
+            return
+        device_id = parsed.device_id if parsed and parsed.device_id else ""
+        event = Event(
+            name=(parsed.event if parsed else None) or "unknown",
+            topic=topic,
+            application_id=self.app_id,
+            device_id=device_id,
+            payload=data,
+            device=self.registry.get(device_id),
+        )
+        await self._deliver(event)
+
+    async def _deliver(self, event: Event) -> None:
+        ids: dict[str, Any] = {"device_id": event.device_id, "correlation_ids": event.correlation_ids}
+        max_duration = self.worker.retry_max_duration_seconds
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            wait=self._retry_wait,
+            stop=stop_after_delay(max_duration) if max_duration else stop_never,
+            sleep=self._interruptible_sleep,
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+        try:
+            details: dict[str, Any] | None = await retrying(self.handle, event)
+        except Interrupted:
+            raise asyncio.CancelledError from None
+        except RetryableError as err:
+            self.counters.failed += 1
+            await self.report(
+                "error", f"gave up after retrying for {max_duration:.0f} s: {err.message}", **ids, **err.details
+            )
+            return
+        except PermanentError as err:
+            self.counters.failed += 1
+            await self.report("error", err.message, **ids, **err.details)
+            return
+        except Exception as err:
+            log.exception("unexpected error handling %s", event.topic)
+            self.counters.failed += 1
+            await self.report("error", f"unexpected error: {err!r}", **ids)
+            return
+        self.counters.delivered += 1
+        self.counters.last_delivery_at = now_iso()
+        now = time.monotonic()
+        if now - self._last_delivery_event >= DELIVERY_EVENT_MIN_INTERVAL:
+            self._last_delivery_event = now
+            await self.report("delivery", f"{event.name} delivered", **ids, **(details or {}))
+
+    def _retry_wait(self, state: RetryCallState) -> float:
+        base = wait_exponential_jitter(
+            initial=self.worker.retry_initial_seconds,
+            max=self.worker.retry_max_delay_seconds,
+            jitter=self.worker.retry_initial_seconds,
+        )(state)
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None) or 0.0
+        return max(base, min(retry_after, self.worker.retry_max_delay_seconds))
+
+    async def _interruptible_sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return
+        raise Interrupted()
+
+    async def _before_retry(self, state: RetryCallState) -> None:
+        self.counters.retried += 1
+        error = state.outcome.exception() if state.outcome else None
+        now = time.monotonic()
+        if isinstance(error, RetryableError) and now - self._last_retry_event >= RETRY_EVENT_MIN_INTERVAL:
+            self._last_retry_event = now
+            wait = state.next_action.sleep if state.next_action else 0
+            await self.report(
+                "retry", f"{error.message}; retrying in {wait:.1f} s", attempt=state.attempt_number, **error.details
+            )
+
+    async def _send_stats(self) -> None:
+        delta = self.counters.pending()
+        if not delta:
+            return
+        topic = topics.integration_topic(self.app_id, self.integration_id, "stats")
+        try:
+            await self.mqtt.publish(topic, delta, timeout=10)
+        except (MqttError, TimeoutError) as err:
+            log.debug("stats not sent yet: %s", err)
+            return
+        self.counters.mark_sent(delta)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.worker.stats_interval_seconds)
+            await self._send_stats()
+
+    async def _health_loop(self) -> None:
+        health_file = Path(self.worker.health_file)
+        while True:
+            if self.mqtt.is_connected:
+                try:
+                    health_file.write_text(datetime.now(UTC).isoformat())
+                except OSError as err:
+                    log.debug("cannot write health file: %s", err)
+            await asyncio.sleep(HEALTH_INTERVAL)

@@ -1,0 +1,1 @@
+"""The generic HTTP webhook integration image."""

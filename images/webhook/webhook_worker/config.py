@@ -1,0 +1,63 @@
+"""Configuration of the webhook image (`WEBHOOK_*` environment variables)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+from worker_sdk import ImageSettings
+from worker_sdk.topics import SUBSCRIBABLE_EVENTS
+
+BodyFormat = Literal["message", "json", "form", "raw", "none"]
+
+
+class WebhookSettings(ImageSettings):
+    """Everything the webhook worker reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="WEBHOOK_", extra="ignore")
+
+    url: str = Field(description="Target URL, a Mustache template ({{device_id}} etc.)")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    headers: str = Field("{}", description="JSON object of header templates")
+    query: str = Field("{}", description="JSON object of query parameter templates")
+    body_format: BodyFormat = Field("message", description="message: the event JSON as is")
+    body: str = Field("", description="Body template: JSON for json/form, text for raw")
+    content_type: str = "text/plain; charset=utf-8"
+    auth_username: str = ""
+    auth_password: SecretStr = SecretStr("")
+    auth_token: SecretStr = SecretStr("")
+    auth_header: str = "Authorization"
+    auth_scheme: str = "Bearer"
+    response_template: str = Field("", description="Renders the response into a downlink; empty: none")
+    downlink_f_port: int = Field(1, ge=1, le=223)
+    downlink_confirmed: bool = False
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+    tls_verify: bool = True
+    ca_file: str = ""
+    events: str = Field("uplink", description="Comma-separated events to send")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.lower().startswith(("http://", "https://", "{{")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _check_events(cls, value: str) -> str:
+        unknown = [name for name in split_names(value) if name not in SUBSCRIBABLE_EVENTS]
+        if unknown or not split_names(value):
+            raise ValueError(f"unknown events {unknown}; choose from {', '.join(SUBSCRIBABLE_EVENTS)}")
+        return value
+
+    @property
+    def event_names(self) -> tuple[str, ...]:
+        """The events this webhook sends."""
+        return tuple(split_names(self.events))
+
+
+def split_names(value: str) -> list[str]:
+    """Split a comma-separated setting into trimmed, non-empty names."""
+    return [name.strip() for name in value.split(",") if name.strip()]

@@ -1,0 +1,210 @@
+"""Mustache templates for requests: per-context escaping, typed JSON values, and the variables a template sees."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime
+from html import escape as html_escape
+from typing import Any
+from urllib.parse import quote
+
+import pystache
+from pystache.parser import ParsingError
+from worker_sdk import Event
+
+# A JSON leaf that is a single tag, like "{{decoded_payload.temperature}}", keeps the value's JSON type.
+SINGLE_TAG = re.compile(r"^\s*\{\{\{?\s*([\w.\-]+)\s*\}?\}\}\s*$")
+
+
+class TemplateError(ValueError):
+    """A template does not parse; the message names where."""
+
+
+class IndexableList(list[Any]):
+    """A list whose items templates can reach by index: `{{rx_metadata.0.rssi}}`."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.isdigit() and int(name) < len(self):
+            return self[int(name)]
+        raise AttributeError(name)
+
+
+def _indexable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _indexable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return IndexableList(_indexable(item) for item in value)
+    return value
+
+
+def lookup(context: dict[str, Any], path: str) -> Any:
+    """Resolve a dotted path (`a.b.0.c`) in the context; None when any step is missing."""
+    value: Any = context
+    for part in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+        if value is None:
+            return None
+    return value
+
+
+def _unix(received_at: str) -> float | None:
+    try:
+        return datetime.fromisoformat(received_at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def build_context(event: Event, integration_id: str) -> dict[str, Any]:
+    """Every variable a template can use for one event (documented in docs/webhook.md)."""
+    payload = event.payload
+    ids = payload.get("end_device_ids") or {}
+    uplink = payload.get("uplink_message") or {}
+    decoded = uplink.get("decoded_payload") or {}
+    frm_payload = uplink.get("frm_payload") or ""
+    try:
+        payload_hex = base64.b64decode(frm_payload).hex() if frm_payload else ""
+    except (binascii.Error, ValueError):
+        payload_hex = ""
+    fields = list(decoded.items()) if isinstance(decoded, dict) else []
+    received_at = event.received_at
+    unix = _unix(received_at) if received_at else None
+    device = event.device
+    context = {
+        "event": event.name,
+        "integration_id": integration_id,
+        "application_id": event.application_id,
+        "device_id": event.device_id,
+        "dev_eui": ids.get("dev_eui", ""),
+        "join_eui": ids.get("join_eui", ""),
+        "correlation_id": (event.correlation_ids or [""])[0],
+        "correlation_ids": event.correlation_ids,
+        "received_at": received_at,
+        "received_at_unix": int(unix) if unix is not None else "",
+        "received_at_unix_ms": int(unix * 1000) if unix is not None else "",
+        "received_at_unix_ns": int(unix * 1_000_000) * 1000 if unix is not None else "",
+        "f_port": uplink.get("f_port", ""),
+        "f_cnt": uplink.get("f_cnt", ""),
+        "frm_payload": frm_payload,
+        "payload_hex": payload_hex,
+        "decoded_payload": decoded,
+        "decoded_fields": [
+            {
+                "key": key,
+                "value": value,
+                "is_string": isinstance(value, str),
+                "is_number": isinstance(value, int | float) and not isinstance(value, bool),
+                "is_bool": isinstance(value, bool),
+                "last": index == len(fields) - 1,
+            }
+            for index, (key, value) in enumerate(fields)
+        ],
+        "device": {
+            "name": device.name if device else "",
+            "attributes": dict(device.attributes) if device else {},
+        },
+        "message": payload,
+    }
+    return _indexable(context)
+
+
+def _no_escape(text: str) -> str:
+    return text
+
+
+def _url_escape(text: str) -> str:
+    return quote(text, safe="")
+
+
+class Template:
+    """One Mustache template, parsed once; `{{x}}` escapes for its context, `{{{x}}}` never does."""
+
+    def __init__(self, source: str, where: str, escape: Callable[[str], str] = _no_escape) -> None:
+        self.source = source
+        self.constant = "{{" not in source
+        self._renderer = pystache.Renderer(escape=escape, missing_tags="ignore")
+        self._parsed: Any = None
+        if not self.constant:
+            try:
+                self._parsed = pystache.parse(source, raise_on_mismatch=True)
+            except (ParsingError, KeyError, ValueError) as err:
+                raise TemplateError(f"{where}: invalid Mustache template: {err}") from err
+
+    def render(self, context: dict[str, Any]) -> str:
+        """Render with the given variables (missing ones render empty)."""
+        if self.constant:
+            return self.source
+        return str(self._renderer.render(self._parsed, context))
+
+
+def url_template(source: str, where: str) -> Template:
+    """A template whose `{{x}}` values are percent-encoded (safe in a URL path or query)."""
+    return Template(source, where, _url_escape)
+
+
+def html_template(source: str, where: str) -> Template:
+    """A template with standard Mustache escaping (`{{x}}` HTML-escaped), for raw bodies."""
+    return Template(source, where, lambda text: html_escape(text, quote=True))
+
+
+_OMIT = object()
+
+
+class JsonTemplate:
+    """A JSON value whose string leaves are templates; a leaf that is one tag keeps the value's type."""
+
+    def __init__(self, value: Any, where: str) -> None:
+        self._compiled = self._compile(value, where)
+
+    def _compile(self, value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            return {key: self._compile(item, f"{where}.{key}") for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._compile(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        if isinstance(value, str):
+            single = SINGLE_TAG.match(value)
+            return ("tag", single.group(1)) if single else ("text", Template(value, where))
+        return ("value", value)
+
+    def render(self, context: dict[str, Any]) -> Any:
+        """The rendered JSON value (dicts, lists, strings, numbers)."""
+        return self._render(self._compiled, context)
+
+    def _render(self, node: Any, context: dict[str, Any]) -> Any:
+        if isinstance(node, dict):
+            rendered = {key: self._render(item, context) for key, item in node.items()}
+            return {key: item for key, item in rendered.items() if item is not _OMIT}
+        if isinstance(node, list):
+            return [None if item is _OMIT else item for item in (self._render(element, context) for element in node)]
+        kind, content = node
+        if kind == "tag":
+            value = lookup(context, content)
+            return _OMIT if value is None else _plain(value)
+        if kind == "text":
+            return content.render(context)
+        return content
+
+
+def _plain(value: Any) -> Any:
+    """Undo the template-only list wrapper so json.dumps sees ordinary values."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def parse_json_setting(text: str, where: str) -> Any:
+    """Parse a JSON-valued setting, naming the setting when it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise TemplateError(f"{where}: not valid JSON: {err}") from err

@@ -1,0 +1,144 @@
+"""Turn an event into an HTTP request, and an HTTP response into downlinks (pure functions)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from pydantic import ValidationError
+from worker_sdk import Event
+from worker_sdk.messages import Downlink, describe_errors
+
+from .config import WebhookSettings
+from .render import (
+    JsonTemplate,
+    Template,
+    TemplateError,
+    html_template,
+    parse_json_setting,
+    url_template,
+)
+
+USER_AGENT = "iot-orchestrator-webhook/0.1"
+
+
+@dataclass
+class OutgoingRequest:
+    """A fully rendered HTTP request."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+
+
+class HeaderError(ValueError):
+    """A rendered header value would split the header (it contains a line break)."""
+
+
+def _template_map(text: str, where: str) -> dict[str, Template]:
+    value = parse_json_setting(text, where)
+    if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
+        raise TemplateError(f"{where}: must be a JSON object of strings")
+    return {name: Template(item, f"{where}.{name}") for name, item in value.items()}
+
+
+class RequestBuilder:
+    """The webhook's templates, compiled once, rendering one request per event."""
+
+    def __init__(self, settings: WebhookSettings) -> None:
+        self.method = settings.method
+        self.body_format = settings.body_format
+        self.url = url_template(settings.url, "WEBHOOK_URL")
+        self.headers = _template_map(settings.headers, "WEBHOOK_HEADERS")
+        self.query = _template_map(settings.query, "WEBHOOK_QUERY")
+        self.body_json: JsonTemplate | None = None
+        self.body_raw: Template | None = None
+        if settings.body_format in ("json", "form"):
+            value = parse_json_setting(settings.body or "{}", "WEBHOOK_BODY")
+            if settings.body_format == "form" and not isinstance(value, dict):
+                raise TemplateError("WEBHOOK_BODY: a form body must be a JSON object")
+            self.body_json = JsonTemplate(value, "WEBHOOK_BODY")
+        elif settings.body_format == "raw":
+            self.body_raw = html_template(settings.body, "WEBHOOK_BODY")
+        self.content_type = {
+            "message": "application/json",
+            "json": "application/json",
+            "form": "application/x-www-form-urlencoded",
+            "raw": settings.content_type,
+        }.get(settings.body_format)
+        self.auth_header: tuple[str, str] | None = None
+        token = settings.auth_token.get_secret_value()
+        if settings.auth_username:
+            pair = f"{settings.auth_username}:{settings.auth_password.get_secret_value()}"
+            self.auth_header = ("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+        elif token:
+            self.auth_header = (settings.auth_header, f"{settings.auth_scheme} {token}".strip())
+
+    def build(self, event: Event, context: dict[str, Any], raw_message: bytes) -> OutgoingRequest:
+        """Render the request for one event."""
+        url = self.url.render(context)
+        params = {name: template.render(context) for name, template in self.query.items()}
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(params)
+        headers = {"User-Agent": USER_AGENT}
+        if self.content_type:
+            headers["Content-Type"] = self.content_type
+        for name, template in self.headers.items():
+            value = template.render(context)
+            if "\r" in value or "\n" in value:
+                raise HeaderError(f"header {name} would contain a line break")
+            headers[name] = value
+        if self.auth_header:
+            headers[self.auth_header[0]] = self.auth_header[1]
+        return OutgoingRequest(self.method, url, headers, self._body(context, raw_message))
+
+    def _body(self, context: dict[str, Any], raw_message: bytes) -> bytes | None:
+        if self.body_format == "message":
+            return raw_message
+        if self.body_json is not None:
+            value = self.body_json.render(context)
+            if self.body_format == "form":
+                return urlencode({key: _form_value(item) for key, item in value.items()}).encode()
+            return json.dumps(value, separators=(",", ":")).encode()
+        if self.body_raw is not None:
+            return self.body_raw.render(context).encode()
+        return None
+
+
+def _form_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def response_downlinks(rendered: str, f_port: int, confirmed: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """Downlinks from a rendered response template, and the problems that made any of them invalid.
+
+    JSON with `downlinks` (The Things Stack form) or with `frm_payload`/`decoded_payload` is used as is;
+    any other text becomes the downlink's bytes.
+    """
+    text = rendered.strip()
+    if not text:
+        return [], []
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("downlinks"), list):
+        items = value["downlinks"]
+    elif isinstance(value, dict) and ("frm_payload" in value or "decoded_payload" in value):
+        items = [value]
+    else:
+        items = [{"frm_payload": base64.b64encode(text.encode()).decode()}]
+    downlinks, problems = [], []
+    for index, item in enumerate(items):
+        candidate = {"f_port": f_port, "confirmed": confirmed, **item} if isinstance(item, dict) else item
+        try:
+            downlinks.append(Downlink.model_validate(candidate).model_dump(exclude_none=True))
+        except ValidationError as err:
+            problems += [f"{p['field']}: {p['message']}" for p in describe_errors(err, f"downlinks.{index}")]
+    return downlinks, problems

@@ -1,0 +1,140 @@
+"""The webhook worker: each event becomes a templated HTTP request; the response can become a downlink."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from worker_sdk import ConfigurationError, Event, PermanentError, RetryableError, Worker
+
+from .config import WebhookSettings
+from .render import Template, TemplateError, build_context
+from .request import HeaderError, OutgoingRequest, RequestBuilder, response_downlinks
+
+EXCERPT_CHARS = 300
+MAX_RESPONSE_BYTES = 64 * 1024
+RETRYABLE_STATUS = {408, 425, 429}
+
+
+def excerpt(data: bytes | str | None) -> str:
+    """The start of a body, for events and logs."""
+    if data is None:
+        return ""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+class WebhookWorker(Worker):
+    """Sends events to an HTTP endpoint with retries; the response template can answer with a downlink."""
+
+    settings_class = WebhookSettings
+    settings: WebhookSettings
+
+    def configure(self) -> None:
+        """Compile every template once, naming the setting of each one that does not parse."""
+        self.events = self.settings.event_names
+        try:
+            self.builder = RequestBuilder(self.settings)
+            self.response_template = Template(self.settings.response_template, "WEBHOOK_RESPONSE_TEMPLATE")
+        except TemplateError as err:
+            raise ConfigurationError([str(err)]) from err
+
+    async def setup(self) -> None:
+        """Open the HTTP client: TLS verification on unless turned off, one connection pool."""
+        ssl_context: ssl.SSLContext | bool = False
+        if self.settings.tls_verify:
+            ssl_context = ssl.create_default_context(cafile=self.settings.ca_file or None)
+        self.client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.worker.concurrency, ssl=ssl_context),
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
+        )
+
+    async def teardown(self) -> None:
+        """Close the HTTP client."""
+        client = getattr(self, "client", None)
+        if client is not None:
+            await client.close()
+
+    async def handle(self, event: Event) -> dict[str, Any] | None:
+        """Deliver one event; 5xx, 429 and connection errors are retried, other 4xx are not."""
+        context = build_context(event, self.integration_id)
+        raw = json.dumps(event.payload, separators=(",", ":")).encode()
+        try:
+            request = self.builder.build(event, context, raw)
+        except HeaderError as err:
+            raise PermanentError(str(err)) from err
+        status, body, duration_ms, retry_after = await self._send(request)
+        details = {
+            "request": {"method": request.method, "url": request.url, "body": excerpt(request.body)},
+            "response": {"status": status, "body": excerpt(body)},
+            "duration_ms": duration_ms,
+        }
+        if status >= 400:
+            message = f"{request.method} {request.url} answered HTTP {status}: {excerpt(body)[:120]}"
+            if status >= 500 or status in RETRYABLE_STATUS:
+                raise RetryableError(message, retry_after=retry_after, **details)
+            raise PermanentError(message, **details)
+        if self.settings.response_template:
+            await self._answer_with_downlinks(event, context, status, body)
+        return details
+
+    async def _send(self, request: OutgoingRequest) -> tuple[int, str, int, float | None]:
+        """Send the request: status, body (first 64 KiB), duration in ms, and Retry-After seconds."""
+        started = time.monotonic()
+        try:
+            async with self.client.request(
+                request.method, request.url, headers=request.headers, data=request.body
+            ) as response:
+                data = await response.content.read(MAX_RESPONSE_BYTES)
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                status = response.status
+        except (aiohttp.InvalidURL, ValueError) as err:
+            raise PermanentError(f"invalid request URL {request.url!r}: {err}") from err
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            kind = "timed out" if isinstance(err, TimeoutError) else f"failed: {err}"
+            raise RetryableError(
+                f"{request.method} {request.url} {kind}", request={"method": request.method, "url": request.url}
+            ) from err
+        duration_ms = int((time.monotonic() - started) * 1000)
+        return status, data.decode("utf-8", "replace"), duration_ms, retry_after
+
+    async def _answer_with_downlinks(self, event: Event, context: dict[str, Any], status: int, body: str) -> None:
+        try:
+            parsed: Any = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        context = {**context, "response": {"status": status, "body": body, "json": parsed}}
+        rendered = self.response_template.render(context)
+        downlinks, problems = response_downlinks(
+            rendered, self.settings.downlink_f_port, self.settings.downlink_confirmed
+        )
+        if problems:
+            await self.report(
+                "error",
+                "the response template produced an invalid downlink: " + "; ".join(problems),
+                device_id=event.device_id,
+                rendered=excerpt(rendered),
+            )
+        if downlinks:
+            for downlink in downlinks:
+                downlink.setdefault("correlation_ids", event.correlation_ids)
+            await self.push_downlinks(event.device_id, downlinks)

@@ -1,0 +1,18 @@
+"""The HTTP API: routers, authentication, and problem+json errors."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from .problems import install_problem_handlers
+from .routes import applications, devices, events, health, integrations, templates
+
+
+def install(app: FastAPI) -> None:
+    """Mount every router, the error handlers and the console."""
+    install_problem_handlers(app)
+    for module in (health, applications, devices, events, integrations, templates):
+        app.include_router(module.router)
+    from ..console import mount_console
+
+    mount_console(app)

@@ -1,0 +1,220 @@
+"""Integrations: create from a template, configure, pause, restart, watch (status, logs, activity)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from worker_sdk.redact import Redactor
+
+from ...db.models import Integration, IntegrationActivity, IntegrationStats, utcnow
+from ...errors import ValidationFailed
+from ...handler import registry
+from ...integrations import service
+from ...schemas import ActivityPublic, IntegrationCreate, IntegrationPublic, IntegrationUpdate, ValidationResult
+from ..deps import OrchestratorDep, PrincipalDep
+
+router = APIRouter(prefix="/api/v1/applications/{app_id}/integrations", tags=["integrations"])
+
+
+async def _public(orch: OrchestratorDep, app_id: str, integration_id: str) -> IntegrationPublic:
+    record = await orch.handler.run_db(service.get_integration, app_id=app_id, integration_id=integration_id)
+    return service.to_public(record, orch.box)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=IntegrationPublic)
+async def create_integration(
+    app_id: str, body: IntegrationCreate, orch: OrchestratorDep, who: PrincipalDep
+) -> IntegrationPublic:
+    """Create from a template id and field values; the worker starts right away (if enabled)."""
+    who.require(app_id, "manage")
+    record = await orch.handler.run_db(
+        service.create_integration, templates=orch.templates, box=orch.box, app_id=app_id, data=body
+    )
+    await orch.refresh_keys()
+    await orch.reconciler.reconcile_one(app_id, record.id)
+    return await _public(orch, app_id, record.id)
+
+
+@router.post("/validate", response_model=ValidationResult)
+async def validate_integration(
+    app_id: str, body: IntegrationCreate, orch: OrchestratorDep, who: PrincipalDep
+) -> ValidationResult:
+    """Check a configuration without creating anything: every problem, field by field."""
+    who.require(app_id, "manage")
+    await orch.handler.run_db(registry.get_application, app_id)
+    template = orch.templates.get(body.template_id)
+    try:
+        service.resolve(template, body.config)
+    except ValidationFailed as err:
+        return ValidationResult(valid=False, errors=err.errors)
+    return ValidationResult(valid=True)
+
+
+@router.get("", response_model=list[IntegrationPublic])
+async def list_integrations(app_id: str, orch: OrchestratorDep, who: PrincipalDep) -> list[IntegrationPublic]:
+    """Integrations of the application, with status and counters."""
+    who.require(app_id, "integrations:read")
+    records = await orch.handler.run_db(service.list_integrations, app_id=app_id)
+    return [service.to_public(record, orch.box) for record in records]
+
+
+@router.get("/{integration_id}", response_model=IntegrationPublic)
+async def get_integration(
+    app_id: str, integration_id: str, orch: OrchestratorDep, who: PrincipalDep
+) -> IntegrationPublic:
+    """One integration: configuration without secrets, status, counters."""
+    who.require(app_id, "integrations:read")
+    return await _public(orch, app_id, integration_id)
+
+
+@router.patch("/{integration_id}", response_model=IntegrationPublic)
+async def update_integration(
+    app_id: str, integration_id: str, body: IntegrationUpdate, orch: OrchestratorDep, who: PrincipalDep
+) -> IntegrationPublic:
+    """Change name, config (merged; omitted secrets kept), replicas or resources; the worker is replaced."""
+    who.require(app_id, "manage")
+    await orch.handler.run_db(
+        service.update_integration,
+        templates=orch.templates,
+        box=orch.box,
+        app_id=app_id,
+        integration_id=integration_id,
+        data=body,
+    )
+    await orch.reconciler.reconcile_one(app_id, integration_id)
+    return await _public(orch, app_id, integration_id)
+
+
+@router.delete("/{integration_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_integration(app_id: str, integration_id: str, orch: OrchestratorDep, who: PrincipalDep) -> None:
+    """Delete: the worker is stopped and removed before this returns."""
+    who.require(app_id, "manage")
+    record = await orch.handler.run_db(service.delete_integration, app_id=app_id, integration_id=integration_id)
+    await orch.reconciler.remove(record)
+    await orch.refresh_keys()
+
+
+async def _set_enabled(orch: OrchestratorDep, app_id: str, integration_id: str, enabled: bool) -> IntegrationPublic:
+    await orch.handler.run_db(service.set_enabled, app_id=app_id, integration_id=integration_id, enabled=enabled)
+    await orch.reconciler.reconcile_one(app_id, integration_id)
+    return await _public(orch, app_id, integration_id)
+
+
+@router.post("/{integration_id}/enable", response_model=IntegrationPublic)
+async def enable_integration(
+    app_id: str, integration_id: str, orch: OrchestratorDep, who: PrincipalDep
+) -> IntegrationPublic:
+    """Start it again; messages that arrived while it was disabled are delivered (persistent session)."""
+    who.require(app_id, "manage")
+    return await _set_enabled(orch, app_id, integration_id, True)
+
+
+@router.post("/{integration_id}/disable", response_model=IntegrationPublic)
+async def disable_integration(
+    app_id: str, integration_id: str, orch: OrchestratorDep, who: PrincipalDep
+) -> IntegrationPublic:
+    """Pause: the worker stops, the configuration stays."""
+    who.require(app_id, "manage")
+    return await _set_enabled(orch, app_id, integration_id, False)
+
+
+@router.post("/{integration_id}/restart", response_model=IntegrationPublic)
+async def restart_integration(
+    app_id: str, integration_id: str, orch: OrchestratorDep, who: PrincipalDep
+) -> IntegrationPublic:
+    """Replace the worker with a fresh one."""
+    who.require(app_id, "manage")
+    record = await orch.handler.run_db(service.get_integration, app_id=app_id, integration_id=integration_id)
+    orch.reconciler.request_restart(record.runtime_name)
+    await orch.reconciler.reconcile_one(app_id, integration_id)
+    return await _public(orch, app_id, integration_id)
+
+
+async def _redactor(orch: OrchestratorDep, record: Integration) -> Redactor:
+    secrets = [str(value) for value in orch.box.open(record.secrets_encrypted, {}).values()]
+    return Redactor([*secrets, orch.box.open(record.key_encrypted)])
+
+
+@router.get("/{integration_id}/logs", response_model=None)
+async def integration_logs(
+    app_id: str,
+    integration_id: str,
+    orch: OrchestratorDep,
+    who: PrincipalDep,
+    tail: int = Query(200, ge=1, le=5000),
+    follow: bool = Query(False, description="Keep streaming new lines (SSE)"),
+) -> dict[str, list[str]] | EventSourceResponse:
+    """The worker's log: the last lines, or (follow) the last lines then new ones as server-sent events."""
+    who.require(app_id, "integrations:read")
+    record = await orch.handler.run_db(service.get_integration, app_id=app_id, integration_id=integration_id)
+    redactor = await _redactor(orch, record)
+    lines = [redactor.text(line) for line in await orch.runtime.logs(record.runtime_name, tail)]
+    if not follow:
+        return {"lines": lines}
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        for line in lines:
+            yield ServerSentEvent(data=line, event="log")
+        async for line in orch.runtime.follow(record.runtime_name):
+            yield ServerSentEvent(data=redactor.text(line), event="log")
+
+    return EventSourceResponse(stream(), ping=orch.settings.handler.keepalive_seconds)
+
+
+@router.get("/{integration_id}/activity", response_model=list[ActivityPublic])
+async def integration_activity(
+    app_id: str,
+    integration_id: str,
+    orch: OrchestratorDep,
+    who: PrincipalDep,
+    kind: str | None = Query(None, pattern="^(delivery|error|retry)$"),
+    limit: int = Query(50, ge=1, le=200),
+) -> object:
+    """Recent deliveries, retries and errors, newest first, with request and response excerpts."""
+    who.require(app_id, "integrations:read")
+
+    def load(session: Session) -> list[IntegrationActivity]:
+        service.get_integration(session, app_id, integration_id)
+        query = select(IntegrationActivity).where(
+            IntegrationActivity.application_id == app_id, IntegrationActivity.integration_id == integration_id
+        )
+        if kind:
+            query = query.where(IntegrationActivity.kind == kind)
+        return list(session.scalars(query.order_by(IntegrationActivity.id.desc()).limit(limit)))
+
+    return await orch.handler.run_db(load)
+
+
+@router.get("/{integration_id}/stats")
+async def integration_stats(
+    app_id: str, integration_id: str, orch: OrchestratorDep, who: PrincipalDep, hours: int = Query(6, ge=1, le=168)
+) -> dict[str, object]:
+    """Delivered, failed and retried per minute over the last hours (minutes without traffic left out)."""
+    who.require(app_id, "integrations:read")
+
+    def load(session: Session) -> list[IntegrationStats]:
+        service.get_integration(session, app_id, integration_id)
+        since = utcnow() - timedelta(hours=hours)
+        return list(
+            session.scalars(
+                select(IntegrationStats)
+                .where(
+                    IntegrationStats.application_id == app_id,
+                    IntegrationStats.integration_id == integration_id,
+                    IntegrationStats.minute >= since,
+                )
+                .order_by(IntegrationStats.minute)
+            )
+        )
+
+    buckets = await orch.handler.run_db(load)
+    return {
+        "minutes": [
+            {"minute": b.minute, "delivered": b.delivered, "failed": b.failed, "retried": b.retried} for b in buckets
+        ]
+    }

@@ -1,0 +1,82 @@
+"""Command line: `orchestrator serve` runs the service; `orchestrator templates validate` checks templates."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from .config import Settings
+from .errors import TemplateFileError
+from .templates import load_template
+
+
+@click.group()
+def main() -> None:
+    """IoT integration orchestrator."""
+
+
+@main.command()
+@click.option("--host", help="Listen address (default ORCH_HOST or 127.0.0.1)")
+@click.option("--port", type=int, help="Listen port (default ORCH_PORT or 8080)")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the API, the handler, the broker (managed mode) and the reconciler."""
+    import uvicorn
+
+    from .app import create_app
+
+    overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        for problem in err.errors():
+            field = "ORCH_" + "__".join(str(part) for part in problem["loc"]).upper()
+            click.echo(f"configuration error: {field}: {problem['msg']}", err=True)
+        sys.exit(2)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    token_file = settings.data_dir / "admin.token"
+    if settings.admin_token is None:
+        click.echo(f"Admin token: in {token_file} (export TOKEN=$(cat {token_file}))")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False)
+
+
+@main.group()
+def templates() -> None:
+    """Work with integration templates."""
+
+
+@templates.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def validate(paths: tuple[Path, ...]) -> None:
+    """Check template files (or every *.yaml in directories); exit 1 if any is broken."""
+    files: list[Path] = []
+    for path in paths:
+        files += sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    if not files:
+        click.echo("no template files (*.yaml) found", err=True)
+        sys.exit(1)
+    broken = 0
+    for file in files:
+        try:
+            template = load_template(file)
+        except TemplateFileError as err:
+            broken += 1
+            click.echo(f"{file}: INVALID", err=True)
+            for problem in err.problems:
+                click.echo(f"  - {problem}", err=True)
+            continue
+        click.echo(
+            f"{file}: ok ({template.name} {template.version}, image {template.image.reference}, "
+            f"{len(template.fields)} fields)"
+        )
+    if broken:
+        click.echo(f"{broken} of {len(files)} templates are invalid", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

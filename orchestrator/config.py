@@ -1,0 +1,110 @@
+"""All orchestrator settings in one pydantic-settings class (`ORCH_*`, nested with `__`)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "admin", "password", "token"}
+
+
+class BrokerSettings(BaseModel):
+    """The MQTT broker the handler and every worker use."""
+
+    mode: Literal["managed", "external"] = Field(
+        "managed", description="managed: the orchestrator runs Mosquitto itself; external: use `url`"
+    )
+    url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL as the orchestrator reaches it")
+    worker_url: str | None = Field(None, description="Broker URL as workers reach it; default `url`")
+    username: str | None = Field(None, description="Handler's broker user (external mode)")
+    password: SecretStr | None = Field(None, description="Handler's broker password (external mode)")
+    mosquitto_binary: str = "mosquitto"
+    max_queued_messages: int = Field(1_000_000, description="Per-session queue while a worker is away")
+
+
+class HandlerSettings(BaseModel):
+    """Behaviour of the device side."""
+
+    event_buffer_size: int = Field(1000, ge=10, description="Events kept per application for SSE resume")
+    keepalive_seconds: float = Field(15.0, gt=0, le=15, description="SSE keep-alive comment interval")
+    downlink_queue_size: int = Field(16, ge=1, le=256)
+    downlink_ttl_seconds: int = Field(86400, ge=1, description="Queued downlinks fail after this")
+    max_downlink_bytes: int = Field(242, ge=1)
+
+
+class RuntimeSettings(BaseModel):
+    """Where and how integration workers run."""
+
+    kind: Literal["auto", "process", "docker"] = Field("auto", description="auto: Docker if it answers")
+    reconcile_interval_seconds: float = Field(5.0, gt=0)
+    restart_backoff_initial_seconds: float = Field(1.0, gt=0)
+    restart_backoff_max_seconds: float = Field(300.0, gt=0)
+    stable_after_seconds: float = Field(60.0, gt=0, description="Running this long resets the back-off")
+    stop_timeout_seconds: float = Field(15.0, gt=0)
+    log_max_bytes: int = Field(1_000_000, description="Process runtime: log file size before rotation")
+
+
+class Settings(BaseSettings):
+    """Everything configurable, from the environment (`ORCH_PORT`, `ORCH_BROKER__URL`, ...)."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    public_url: str | None = Field(None, description="API URL workers use; default http://host:port")
+    data_dir: Path = Field(Path(".orchestrator"), description="Database, broker files, logs, keys")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    admin_token: SecretStr | None = Field(None, description="API admin token; generated in development")
+    secret_key: SecretStr | None = Field(None, description="Fernet key for secrets at rest")
+    templates_dir: Path = PROJECT_ROOT / "integration_templates"
+    log_level: str = "INFO"
+    broker: BrokerSettings = BrokerSettings()
+    handler: HandlerSettings = HandlerSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.environment == "production":
+            for name in ("admin_token", "secret_key"):
+                value = getattr(self, name)
+                if value is None:
+                    raise ValueError(f"ORCH_{name.upper()} must be set in production")
+                if value.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                    raise ValueError(f"ORCH_{name.upper()} is a placeholder; set a real secret")
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The database URL, SQLite inside the data directory unless set."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'orchestrator.db').resolve()}"
+
+    @cached_property
+    def api_url(self) -> str:
+        """The API URL workers are given."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return self.public_url or f"http://{host}:{self.port}"
+
+    def persistent_secret(self, name: str, configured: SecretStr | None, factory: str = "token") -> str:
+        """A configured secret, or one generated once and kept in the data directory (development)."""
+        if configured is not None:
+            return configured.get_secret_value()
+        path = self.data_dir / name
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if factory == "fernet":
+            from cryptography.fernet import Fernet
+
+            value = Fernet.generate_key().decode()
+        else:
+            value = secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(value + "\n")
+        return value

@@ -1,0 +1,156 @@
+"""Database tables (SQLAlchemy 2): applications, keys, devices, downlinks, integrations, activity."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A DateTime that always comes back timezone-aware UTC (SQLite forgets the zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    """Base of every table."""
+
+
+class Application(Base):
+    """An application: a set of devices and the integrations that forward their data."""
+
+    __tablename__ = "applications"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """An application key: `ik.<id>.<secret>`; only hashes are kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    application_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    mqtt_password_hash: Mapped[str] = mapped_column(String(256))
+    integration_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Device(Base):
+    """A device in an application's registry."""
+
+    __tablename__ = "devices"
+
+    application_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="CASCADE"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    dev_eui: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    join_eui: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    attributes: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class QueuedDownlink(Base):
+    """A downlink waiting for its device's next uplink (class A), or its final state."""
+
+    __tablename__ = "downlinks"
+    __table_args__ = (Index("ix_downlinks_device_state", "application_id", "device_id", "state"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    application_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="CASCADE"))
+    device_id: Mapped[str] = mapped_column(String(36))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    queued_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class Integration(Base):
+    """An integration: a template, its configuration, the desired state and what the runtime reports."""
+
+    __tablename__ = "integrations"
+
+    application_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    template_id: Mapped[str] = mapped_column(String(36))
+    template_version: Mapped[str] = mapped_column(String(40))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    secrets_encrypted: Mapped[str] = mapped_column(Text, default="")
+    key_id: Mapped[str] = mapped_column(String(40))
+    key_encrypted: Mapped[str] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    actual_state: Mapped[str] = mapped_column(String(16), default="pending")
+    state_since: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_error_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    restart_count: Mapped[int] = mapped_column(Integer, default=0)
+    runtime: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    runtime_handle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    config_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    delivered: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    retried: Mapped[int] = mapped_column(Integer, default=0)
+    last_delivery_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+    @property
+    def runtime_name(self) -> str:
+        """Globally unique, DNS-safe name of this integration's worker (ids never contain `--`)."""
+        return f"{self.application_id}--{self.id}"
+
+
+class IntegrationActivity(Base):
+    """Recent deliveries and errors of an integration, with request and response excerpts."""
+
+    __tablename__ = "integration_activity"
+    __table_args__ = (Index("ix_activity_integration", "application_id", "integration_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    application_id: Mapped[str] = mapped_column(String(36))
+    integration_id: Mapped[str] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(20))
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class IntegrationStats(Base):
+    """Delivery counters per integration and minute, for charts of the last hours."""
+
+    __tablename__ = "integration_stats"
+
+    application_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    integration_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    delivered: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    retried: Mapped[int] = mapped_column(Integer, default=0)

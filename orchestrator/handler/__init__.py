@@ -1,0 +1,1 @@
+"""The handler: applications, keys, devices, uplinks, downlinks and the event stream."""

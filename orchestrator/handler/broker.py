@@ -1,0 +1,181 @@
+"""The managed Mosquitto: configuration, password and ACL files from the key table, start, reload, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..errors import BrokerError
+
+log = logging.getLogger(__name__)
+ADMIN_USER = "orchestrator"
+
+
+@dataclass(frozen=True)
+class BrokerUser:
+    """One broker account: user name, Mosquitto password hash, ACL lines."""
+
+    username: str
+    password_hash: str
+    acl: list[str]
+
+
+class ManagedBroker:
+    """A Mosquitto process the orchestrator configures and supervises (embedded-broker mode)."""
+
+    def __init__(self, directory: Path, url: str, binary: str, max_queued_messages: int) -> None:
+        self.directory = directory
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 1883
+        self.binary = binary
+        self.max_queued_messages = max_queued_messages
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+
+    @property
+    def pid_file(self) -> Path:
+        """Where Mosquitto writes its pid, so a broker left behind by a crash can be adopted."""
+        return self.directory / "mosquitto.pid"
+
+    def write_config(self) -> Path:
+        """Write mosquitto.conf: loopback listener, no anonymous access, persistence, big queues."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "mosquitto.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "# Written by the orchestrator at every start; edits are overwritten.",
+                    "per_listener_settings false",
+                    f"listener {self.port} {self.host}",
+                    "allow_anonymous false",
+                    f"password_file {self.directory / 'passwords'}",
+                    f"acl_file {self.directory / 'acl'}",
+                    "persistence true",
+                    f"persistence_location {self.directory}/",
+                    "autosave_interval 10",
+                    f"max_queued_messages {self.max_queued_messages}",
+                    "max_inflight_messages 0",
+                    "set_tcp_nodelay true",
+                    f"pid_file {self.pid_file}",
+                    f"log_dest file {self.directory / 'mosquitto.log'}",
+                    "log_type error",
+                    "log_type warning",
+                    "log_type notice",
+                    "",
+                ]
+            )
+        )
+        return conf
+
+    def write_users(self, users: list[BrokerUser]) -> None:
+        """Write the password and ACL files (atomically), then ask a running broker to reload them."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        passwords = "".join(f"{user.username}:{user.password_hash}\n" for user in users)
+        acl = "".join(f"user {user.username}\n" + "".join(line + "\n" for line in user.acl) + "\n" for user in users)
+        for name, text in (("passwords", passwords), ("acl", acl)):
+            temporary = self.directory / f".{name}.tmp"
+            temporary.touch(mode=0o600)
+            temporary.write_text(text)
+            temporary.replace(self.directory / name)
+        self.reload()
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads the password and ACL files."""
+        if self.pid and _alive(self.pid):
+            os.kill(self.pid, signal.SIGHUP)
+
+    async def start(self) -> None:
+        """Start Mosquitto, or adopt the one a previous run left behind; wait until it accepts connections."""
+        if shutil.which(self.binary) is None:
+            raise BrokerError(
+                f"{self.binary} is not installed; run ./scripts/run (it installs Mosquitto) or "
+                "set ORCH_BROKER__MODE=external with ORCH_BROKER__URL"
+            )
+        self.write_config()
+        previous = _read_pid(self.pid_file)
+        if previous and _alive(previous) and _is_mosquitto(previous):
+            log.info("adopting the Mosquitto broker left running (pid %d)", previous)
+            self.pid = previous
+            self.reload()
+        else:
+            log_file = (self.directory / "mosquitto.stderr").open("ab")
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(self.directory / "mosquitto.conf")],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            self.pid = self.process.pid
+            log.info("started Mosquitto (pid %d) on %s:%d", self.pid, self.host, self.port)
+        await self._wait_ready()
+
+    async def _wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise BrokerError(f"Mosquitto exited at start-up: {self._log_tail()}")
+            try:
+                _, writer = await asyncio.open_connection(self.host, self.port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+        raise BrokerError(f"Mosquitto did not listen on {self.host}:{self.port} within {timeout:.0f} s")
+
+    def _log_tail(self) -> str:
+        lines: list[str] = []
+        for name in ("mosquitto.stderr", "mosquitto.log"):
+            path = self.directory / name
+            if path.exists():
+                lines += path.read_text(errors="replace").splitlines()[-5:]
+        return " | ".join(lines) or "no output"
+
+    async def stop(self) -> None:
+        """Stop the broker (it saves its sessions first)."""
+        if not self.pid or not _alive(self.pid):
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        for _ in range(100):
+            if self.process is not None and self.process.poll() is not None:
+                break
+            if self.process is None and not _alive(self.pid):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            os.kill(self.pid, signal.SIGKILL)
+        log.info("stopped Mosquitto")
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _is_mosquitto(pid: int) -> bool:
+    try:
+        return "mosquitto" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False

@@ -1,0 +1,114 @@
+"""The per-device downlink queue in the database (synchronous; the handler runs these in a thread)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from ..db.models import QueuedDownlink, utcnow
+
+PRIORITY_RANK = {"LOWEST": 0, "LOW": 1, "BELOW_NORMAL": 2, "NORMAL": 3, "ABOVE_NORMAL": 4, "HIGH": 5, "HIGHEST": 6}
+
+
+class QueueFull(Exception):
+    """The device already has as many queued downlinks as allowed."""
+
+
+def queued(session: Session, app_id: str, device_id: str) -> list[QueuedDownlink]:
+    """The device's queue, in sending order (priority first, then age)."""
+    items = session.scalars(
+        select(QueuedDownlink)
+        .where(
+            QueuedDownlink.application_id == app_id,
+            QueuedDownlink.device_id == device_id,
+            QueuedDownlink.state == "queued",
+        )
+        .order_by(QueuedDownlink.queued_at)
+    )
+    return sorted(items, key=lambda item: -PRIORITY_RANK[item.body.get("priority", "NORMAL")])
+
+
+def enqueue(
+    session: Session, *, app_id: str, device_id: str, downlinks: list[dict[str, Any]], replace: bool, limit: int
+) -> list[QueuedDownlink]:
+    """Add downlinks (or replace the queue with them); each gets an id and a correlation id."""
+    if replace:
+        session.execute(
+            update(QueuedDownlink)
+            .where(
+                QueuedDownlink.application_id == app_id,
+                QueuedDownlink.device_id == device_id,
+                QueuedDownlink.state == "queued",
+            )
+            .values(state="replaced")
+        )
+        waiting = 0
+    else:
+        waiting = len(queued(session, app_id, device_id))
+    if waiting + len(downlinks) > limit:
+        raise QueueFull(f"the queue of {device_id} holds {waiting} downlinks; at most {limit} are allowed")
+    records = []
+    for body in downlinks:
+        ident = uuid.uuid4().hex
+        body = {**body, "correlation_ids": [*body.get("correlation_ids", []), f"down:{ident}"]}
+        records.append(QueuedDownlink(id=ident, application_id=app_id, device_id=device_id, body=body))
+    session.add_all(records)
+    session.flush()
+    return records
+
+
+def take_next(session: Session, *, app_id: str, device_id: str) -> tuple[QueuedDownlink | None, int]:
+    """Mark the next queued downlink sent (class A: one per uplink); returns it and how many remain."""
+    items = queued(session, app_id, device_id)
+    if not items:
+        return None, 0
+    item = items[0]
+    item.state, item.sent_at = "sent", utcnow()
+    return item, len(items) - 1
+
+
+def expire(session: Session, *, ttl_seconds: int) -> list[QueuedDownlink]:
+    """Fail every downlink queued longer than the time to live."""
+    cutoff = utcnow() - timedelta(seconds=ttl_seconds)
+    items = list(
+        session.scalars(
+            select(QueuedDownlink).where(QueuedDownlink.state == "queued", QueuedDownlink.queued_at < cutoff)
+        )
+    )
+    for item in items:
+        item.state, item.error = "failed", f"not sent within {ttl_seconds} s (no uplink from the device)"
+    # Keep finished downlinks for one more time-to-live (for the API), then forget them.
+    session.execute(
+        delete(QueuedDownlink).where(
+            QueuedDownlink.state != "queued", QueuedDownlink.queued_at < cutoff - timedelta(seconds=ttl_seconds)
+        )
+    )
+    return items
+
+
+def devices_with_queue(session: Session) -> set[tuple[str, str]]:
+    """(application, device) pairs that have queued downlinks, so uplinks skip the database otherwise."""
+    rows = session.execute(
+        select(QueuedDownlink.application_id, QueuedDownlink.device_id)
+        .where(QueuedDownlink.state == "queued")
+        .distinct()
+    )
+    return {(row[0], row[1]) for row in rows}
+
+
+def clear(session: Session, *, app_id: str, device_id: str) -> int:
+    """Drop a device's queue; returns how many were dropped."""
+    result = session.execute(
+        update(QueuedDownlink)
+        .where(
+            QueuedDownlink.application_id == app_id,
+            QueuedDownlink.device_id == device_id,
+            QueuedDownlink.state == "queued",
+        )
+        .values(state="cleared")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,1 @@
+"""Integrations: records, secrets at rest, and what workers report."""

@@ -1,0 +1,264 @@
+"""The reconciler: drives what runs toward what is wanted, restarts crashed workers with back-off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from .config import Settings
+from .db.models import Integration, utcnow
+from .errors import OrchestratorError
+from .handler.core import Handler
+from .integrations import service
+from .integrations.recorder import IntegrationRecorder
+from .integrations.secrets import SecretBox
+from .runtime.base import Runtime, WorkerSpec, WorkerState, WorkerStatus
+from .templates import TemplateRegistry
+
+log = logging.getLogger(__name__)
+NOT_CONNECTED_WARNING_SECONDS = 30.0
+
+
+@dataclass
+class Backoff:
+    """Consecutive crashes of one integration and when the next restart may happen."""
+
+    failures: int = 0
+    next_attempt: float = 0.0
+    counted: str | None = None  # start time of the crash already counted
+    running_since: float | None = None
+
+
+@dataclass
+class Observed:
+    """What one pass concluded for an integration; written to its record when it changed."""
+
+    actual_state: str
+    last_error: str | None
+    restart_count: int
+    runtime_handle: dict[str, Any] | None
+    config_hash: str | None
+
+
+class Reconciler:
+    """One loop for all integrations; API calls can also reconcile one integration right away."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        handler: Handler,
+        runtime: Runtime,
+        templates: TemplateRegistry,
+        box: SecretBox,
+        recorder: IntegrationRecorder,
+    ) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.runtime = runtime
+        self.templates = templates
+        self.box = box
+        self.recorder = recorder
+        self._wake = asyncio.Event()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._backoff: dict[str, Backoff] = {}
+        self._restart: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run the loop in the background."""
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop the loop (workers keep running unless the runtime stops them on close)."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def wake(self) -> None:
+        """Ask for a pass now instead of at the next interval."""
+        self._wake.set()
+
+    def request_restart(self, name: str) -> None:
+        """Restart this worker on the next pass (the API's restart)."""
+        self._restart.add(name)
+
+    async def _loop(self) -> None:
+        interval = self.settings.runtime.reconcile_interval_seconds
+        while True:
+            try:
+                await self.reconcile_all()
+            except Exception:
+                log.exception("reconcile pass failed; next pass in %.0f s", interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+
+    async def reconcile_all(self) -> None:
+        """One pass: remove workers of deleted integrations, then reconcile every integration."""
+        records = await self.handler.run_db(lambda session: service.list_integrations(session))
+        workers = await self.runtime.list_workers()
+        names = {record.runtime_name for record in records}
+        for name in workers.keys() - names:
+            log.info("removing %s: its integration no longer exists", name)
+            await self.runtime.stop(name)
+        for record in records:
+            try:
+                await self.reconcile(record)
+            except Exception:
+                log.exception("could not reconcile %s", record.runtime_name)
+
+    async def reconcile_one(self, app_id: str, integration_id: str) -> None:
+        """Reconcile one integration now (after an API change)."""
+        record = await self.handler.run_db(service.get_integration, app_id=app_id, integration_id=integration_id)
+        await self.reconcile(record)
+
+    async def remove(self, record: Integration) -> None:
+        """Stop a deleted integration's worker and clear what it left on the broker."""
+        async with self._lock(record.runtime_name):
+            await self.runtime.stop(record.runtime_name)
+            self._backoff.pop(record.runtime_name, None)
+            self.recorder.forget(record.application_id, record.id)
+        for replica in range(record.replicas):
+            topic = f"v3/{record.application_id}/integrations/{record.id}/status/{replica}"
+            await self.handler.mqtt.publish(topic, b"", retain=True)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def reconcile(self, record: Integration) -> None:
+        """Compare wanted and actual state for one integration, act, and record the outcome."""
+        async with self._lock(record.runtime_name):
+            status = await self.runtime.status(record.runtime_name)
+            observed = await self._act(record, status)
+        await self._record(record, observed)
+
+    async def _act(self, record: Integration, status: WorkerStatus) -> Observed:
+        name = record.runtime_name
+        observed = Observed(
+            record.actual_state, record.last_error, record.restart_count, record.runtime_handle, record.config_hash
+        )
+        active = status.state in (WorkerState.RUNNING, WorkerState.STARTING, WorkerState.FAILED)
+        template = self.templates.templates.get(record.template_id)
+        if not record.enabled or template is None:
+            if active:
+                await self.runtime.stop(name)
+            self._backoff.pop(name, None)
+            self._restart.discard(name)
+            observed.runtime_handle = None
+            if template is None and record.enabled:
+                observed.actual_state = "failed"
+                observed.last_error = f"template {record.template_id} is not available on this orchestrator"
+            else:
+                observed.actual_state = "stopped"
+            return observed
+        try:
+            spec = service.build_spec(record, template, self.box, self.settings)
+        except OrchestratorError as err:
+            if active:
+                await self.runtime.stop(name)
+            observed.actual_state, observed.last_error = "failed", f"configuration no longer valid: {err.detail}"
+            return observed
+        backoff = self._backoff.setdefault(name, Backoff())
+        now = time.monotonic()
+        if name in self._restart or (active and status.config_hash != spec.config_hash):
+            self._restart.discard(name)
+            return await self._start(record, spec, observed, reason="restart or new configuration")
+        if status.state in (WorkerState.MISSING, WorkerState.STOPPED):
+            if backoff.failures and now < backoff.next_attempt:
+                return observed  # the last start failed: wait for the back-off
+            if backoff.failures:
+                observed.restart_count += 1
+            return await self._start(record, spec, observed, reason="not running")
+        if status.state == WorkerState.FAILED:
+            crash = status.started_at.isoformat() if status.started_at else "unknown"
+            if backoff.counted != crash:
+                backoff.counted, backoff.running_since = crash, None
+                backoff.failures += 1
+                delay = min(
+                    self.settings.runtime.restart_backoff_max_seconds,
+                    self.settings.runtime.restart_backoff_initial_seconds * 2 ** (backoff.failures - 1),
+                )
+                backoff.next_attempt = now + delay
+                asyncio.get_running_loop().call_later(delay, self.wake)
+                log.warning("%s crashed (%s); restarting in %.0f s", name, status.message, delay)
+                observed.actual_state, observed.last_error = "failed", status.message
+            if now >= backoff.next_attempt:
+                observed.restart_count += 1
+                return await self._start(record, spec, observed, reason="crashed")
+            return observed
+        # Running as far as the runtime can tell: ready once every replica reported in.
+        backoff.running_since = backoff.running_since or now
+        if now - backoff.running_since >= self.settings.runtime.stable_after_seconds:
+            backoff.failures = 0
+        if self.recorder.ready(record.application_id, record.id, record.replicas):
+            observed.actual_state = "running"
+        else:
+            observed.actual_state = "starting"
+            if now - backoff.running_since >= NOT_CONNECTED_WARNING_SECONDS:
+                tail = " | ".join((await self.runtime.logs(name, 3))[-3:])
+                observed.last_error = (
+                    f"the worker has not connected to the handler after "
+                    f"{NOT_CONNECTED_WARNING_SECONDS:.0f} s; last log lines: {tail}"
+                )
+        observed.runtime_handle = status.handle or observed.runtime_handle
+        observed.config_hash = spec.config_hash
+        return observed
+
+    async def _start(self, record: Integration, spec: WorkerSpec, observed: Observed, reason: str) -> Observed:
+        log.info("starting %s (%s) on the %s runtime", spec.name, reason, self.runtime.name)
+        self.recorder.forget(record.application_id, record.id)
+        backoff = self._backoff.setdefault(spec.name, Backoff())
+        backoff.running_since = None
+        try:
+            observed.runtime_handle = await self.runtime.start(spec)
+        except OrchestratorError as err:
+            backoff.failures += 1
+            delay = min(
+                self.settings.runtime.restart_backoff_max_seconds,
+                self.settings.runtime.restart_backoff_initial_seconds * 2 ** (backoff.failures - 1),
+            )
+            backoff.next_attempt = time.monotonic() + delay
+            asyncio.get_running_loop().call_later(delay, self.wake)
+            observed.actual_state, observed.last_error = "failed", err.detail
+            await self.runtime.stop(spec.name)
+            return observed
+        observed.actual_state = "starting"
+        observed.config_hash = spec.config_hash
+        return observed
+
+    async def _record(self, record: Integration, observed: Observed) -> None:
+        changed = (
+            observed.actual_state != record.actual_state
+            or observed.last_error != record.last_error
+            or observed.restart_count != record.restart_count
+            or observed.runtime_handle != record.runtime_handle
+            or observed.config_hash != record.config_hash
+            or record.runtime != self.runtime.name
+        )
+        if not changed:
+            return
+
+        def save(session: Session) -> None:
+            current = session.get(Integration, (record.application_id, record.id))
+            if current is None:
+                return  # deleted meanwhile
+            if observed.actual_state != current.actual_state:
+                current.state_since = utcnow()
+            if observed.last_error != current.last_error:
+                current.last_error_at = utcnow()
+            current.actual_state = observed.actual_state
+            current.last_error = observed.last_error
+            current.restart_count = observed.restart_count
+            current.runtime_handle = observed.runtime_handle
+            current.config_hash = observed.config_hash
+            current.runtime = self.runtime.name
+
+        await self.handler.run_db(save)
+        record.actual_state, record.last_error = observed.actual_state, observed.last_error

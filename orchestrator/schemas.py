@@ -1,0 +1,194 @@
+"""API shapes: `XCreate` (input), `XUpdate` (partial input), `XPublic` (output; never a secret)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from worker_sdk.messages import EUI_PATTERN, ID_PATTERN
+
+from .handler.keys import SCOPES
+
+ActualState = Literal["pending", "starting", "running", "stopped", "failed"]
+MAX_ATTRIBUTES = 64
+
+
+class Strict(BaseModel):
+    """Input models refuse unknown fields, so a typo is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- applications and keys ----------------------------------------------------------------------
+
+
+class ApplicationCreate(Strict):
+    id: str = Field(pattern=ID_PATTERN, description="Lowercase letters, digits and single dashes")
+    name: str = Field("", max_length=200)
+    description: str = Field("", max_length=2000)
+
+
+class ApplicationUpdate(Strict):
+    name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+
+
+class ApplicationPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    description: str
+    created_at: datetime
+
+
+class KeyCreate(Strict):
+    name: str = Field("", max_length=200)
+    scopes: list[Literal[SCOPES]] = Field(min_length=1)  # type: ignore[valid-type]
+
+
+class KeyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    scopes: list[str]
+    integration_id: str | None
+    created_at: datetime
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The key itself: shown only in this answer")
+
+
+# -- devices -----------------------------------------------------------------------------------
+
+
+class DeviceFields(Strict):
+    name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    dev_eui: str | None = Field(None, pattern=EUI_PATTERN)
+    join_eui: str | None = Field(None, pattern=EUI_PATTERN)
+    attributes: dict[str, str] | None = None
+
+    @field_validator("attributes")
+    @classmethod
+    def _check_attributes(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > MAX_ATTRIBUTES:
+            raise ValueError(f"at most {MAX_ATTRIBUTES} attributes")
+        for key, item in value.items():
+            if not key or len(key) > 64 or len(item) > 4096:
+                raise ValueError(f"attribute {key!r}: keys 1-64 characters, values up to 4096")
+        return value
+
+
+class DeviceCreate(DeviceFields):
+    device_id: str = Field(pattern=ID_PATTERN)
+
+
+class DeviceUpdate(DeviceFields):
+    """Only the fields given change; `attributes` replaces all attributes."""
+
+
+class DevicePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    application_id: str
+    device_id: str
+    name: str
+    description: str
+    dev_eui: str | None
+    join_eui: str | None
+    attributes: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+# -- integrations ------------------------------------------------------------------------------
+
+
+class ResourceOverrides(Strict):
+    memory_mb: int | None = Field(None, ge=16, le=65536)
+    cpus: float | None = Field(None, gt=0, le=64)
+
+
+class IntegrationCreate(Strict):
+    id: str | None = Field(None, pattern=ID_PATTERN, description="Generated from the template when empty")
+    template_id: str
+    name: str = Field("", max_length=200)
+    config: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+    replicas: int = Field(1, ge=1, le=32)
+    resources: ResourceOverrides = ResourceOverrides()
+
+
+class IntegrationUpdate(Strict):
+    """Fields given change. `config` merges: given values replace, null resets, omitted secrets stay."""
+
+    name: str | None = Field(None, max_length=200)
+    config: dict[str, Any] | None = None
+    replicas: int | None = Field(None, ge=1, le=32)
+    resources: ResourceOverrides | None = None
+
+
+class IntegrationStatus(BaseModel):
+    desired: Literal["running", "stopped"]
+    actual: ActualState
+    since: datetime
+    last_error: str | None
+    last_error_at: datetime | None
+    restart_count: int
+    runtime: str | None
+    handle: dict[str, Any] | None
+
+
+class IntegrationCounters(BaseModel):
+    delivered: int
+    failed: int
+    retried: int
+    last_delivery_at: datetime | None
+
+
+class IntegrationPublic(BaseModel):
+    id: str
+    application_id: str
+    name: str
+    template_id: str
+    template_version: str
+    config: dict[str, Any] = Field(description="Non-secret values; secrets are never returned")
+    secrets_set: list[str] = Field(description="Which secret fields have a value")
+    enabled: bool
+    replicas: int
+    resources: dict[str, Any]
+    status: IntegrationStatus
+    counters: IntegrationCounters
+    created_at: datetime
+    updated_at: datetime
+
+
+class ValidationResult(BaseModel):
+    valid: bool
+    errors: list[dict[str, str]] = Field(default_factory=list)
+
+
+class ActivityPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    message: str
+    details: dict[str, Any]
+    at: datetime
