@@ -65,6 +65,8 @@ class ManagedBroker:
                     "max_inflight_messages 0",
                     "set_tcp_nodelay true",
                     f"pid_file {self.pid_file}",
+                    # As root Mosquitto would switch to its own user, which cannot read our 0600 files.
+                    *(["user root"] if os.geteuid() == 0 else []),
                     f"log_dest file {self.directory / 'mosquitto.log'}",
                     "log_type error",
                     "log_type warning",
@@ -112,6 +114,7 @@ class ManagedBroker:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C meant for us must not stop it before the handler disconnects
             )
             self.pid = self.process.pid
             log.info("started Mosquitto (pid %d) on %s:%d", self.pid, self.host, self.port)

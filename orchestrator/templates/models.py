@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 ID_PATTERN = r"^[a-z0-9](?:-?[a-z0-9])*$"
 FIELD_ID_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -71,7 +71,7 @@ class IntegrationTemplate(BaseModel):
     description: str = Field(min_length=1)
     logo: str | None = Field(None, description="File next to the template (logos/x.svg) or a URL")
     documentation_url: HttpUrl | None = None
-    version: str = Field(pattern=r"^\d+\.\d+\.\d+(?:[-+][\w.]+)?$")
+    version: str
     category: str = "general"
     image: ImageRef
     resources: Resources = Resources()
@@ -79,6 +79,13 @@ class IntegrationTemplate(BaseModel):
     environment: dict[str, Any] = Field(
         default_factory=dict, description="Fixed variables; `${field}` inserts a field's value"
     )
+
+    @field_validator("version")
+    @classmethod
+    def _semantic_version(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+\.\d+\.\d+(?:[-+][\w.]+)?", value):
+            raise ValueError("must look like 1.2.0 (semantic version)")
+        return value
 
     def field(self, field_id: str) -> TemplateField | None:
         """The field with this id, if any."""

@@ -88,6 +88,7 @@ class MqttConnection:
         self._handlers: list[tuple[str, MessageHandler]] = []
         self.on_reconnect: list[ConnectedHook] = []  # run after every connect but the first
         self._connections = 0
+        self._closing = False
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self._storage = _AckTrackingStorage()
         self._connected = asyncio.Event()
@@ -153,6 +154,7 @@ class MqttConnection:
 
     async def disconnect(self) -> None:
         """Close the connection cleanly (the session, if persistent, stays on the broker)."""
+        self._closing = True
         try:
             await asyncio.wait_for(self._client.disconnect(), 5)
         except Exception as err:  # already gone: nothing left to close
@@ -200,7 +202,7 @@ class MqttConnection:
                 task.add_done_callback(self._hook_tasks.discard)
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Exception | None = None) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._closing:
             log.warning("lost the MQTT broker connection; reconnecting")
         self._connected.clear()
 

@@ -136,5 +136,5 @@ class WebhookWorker(Worker):
             )
         if downlinks:
             for downlink in downlinks:
-                downlink.setdefault("correlation_ids", event.correlation_ids)
+                downlink["correlation_ids"] = [*downlink.get("correlation_ids", []), *event.correlation_ids]
             await self.push_downlinks(event.device_id, downlinks)
