@@ -117,6 +117,7 @@ class Worker:
         )
         self.redactor = Redactor.from_environment()
         self._stop = asyncio.Event()
+        self._ready = asyncio.Event()  # set after setup(): messages that arrive earlier wait
         self._draining = False
         self._inflight: set[asyncio.Task[Any]] = set()
         self._last_delivery_event = 0.0
@@ -195,6 +196,7 @@ class Worker:
             await self.mqtt.connect_with_retry(self._stop)
             await self._load_registry()
             await self.setup()
+            self._ready.set()
             await self.mqtt.publish(self._status_topic(), self._status("running"), retain=True)
             self.mqtt.on_reconnect.append(self._announce_running)
             self.log.info("integration %s running (replica %d)", self.integration_id, self.worker.replica)
@@ -250,6 +252,7 @@ class Worker:
         name = parsed.event if parsed else None
         if name not in ("device.create", "device.update", "device.delete"):
             return
+        await self._ready.wait()  # applied after the registry snapshot, so no change is lost
         try:
             data = json.loads(payload)
             device = self.registry.apply(name, data["device"])
@@ -265,6 +268,7 @@ class Worker:
             await self._on_message(topic, payload)
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        await self._ready.wait()
         if self._draining:
             await asyncio.Future()  # never acknowledged: redelivered when the worker comes back
         task = asyncio.current_task()
