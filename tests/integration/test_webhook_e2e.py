@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -295,7 +296,7 @@ def test_sse_reconnect_with_last_event_id_misses_nothing(orchestrator: RunningOr
     resumed = read_events(orchestrator, first[-1]["id"], 4)
     assert [e["event"] for e in resumed] == ["uplink", "uplink", "uplink", "device.create"]
     assert [e["data"]["uplink_message"]["decoded_payload"]["n"] for e in resumed[:3]] == [2, 3, 4]
-    assert all(int(a["id"]) < int(b["id"]) for a, b in zip(resumed, resumed[1:], strict=False))
+    assert all(int(a["id"]) < int(b["id"]) for a, b in itertools.pairwise(resumed))
 
 
 def test_crashed_worker_is_restarted_and_nothing_is_lost(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:

@@ -34,7 +34,7 @@ class MqttProbe:
         return self.connack[0] != 0
 
     def subscribe(self, topic: str) -> None:
-        result, mid = self.client.subscribe(topic, qos=1)
+        result, _mid = self.client.subscribe(topic, qos=1)
         assert result == 0
 
     def publish(self, topic: str, payload: bytes | str | dict[str, Any]) -> None:
