@@ -108,6 +108,11 @@ class ManagedBroker:
             self.pid = previous
             self.reload()
         else:
+            if await self._listening():
+                raise BrokerError(
+                    f"port {self.port} on {self.host} is already in use (a system Mosquitto? stop it, or set "
+                    f"ORCH_BROKER__URL=mqtt://{self.host}:<free port>, or use it with ORCH_BROKER__MODE=external)"
+                )
             log_file = (self.directory / "mosquitto.stderr").open("ab")
             self.process = subprocess.Popen(
                 [self.binary, "-c", str(self.directory / "mosquitto.conf")],
@@ -120,17 +125,22 @@ class ManagedBroker:
             log.info("started Mosquitto (pid %d) on %s:%d", self.pid, self.host, self.port)
         await self._wait_ready()
 
+    async def _listening(self) -> bool:
+        try:
+            _, writer = await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
     async def _wait_ready(self, timeout: float = 15.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise BrokerError(f"Mosquitto exited at start-up: {self._log_tail()}")
-            try:
-                _, writer = await asyncio.open_connection(self.host, self.port)
-                writer.close()
+            if await self._listening():
                 return
-            except OSError:
-                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)
         raise BrokerError(f"Mosquitto did not listen on {self.host}:{self.port} within {timeout:.0f} s")
 
     def _log_tail(self) -> str:
