@@ -44,6 +44,34 @@ def serve(host: str | None, port: int | None) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False)
 
 
+@main.command("echo-server")
+@click.option("--port", type=int, default=9000, show_default=True)
+@click.option("--reply", default='{"received": true}', show_default=True, help="JSON body of every answer")
+def echo_server(port: int, reply: str) -> None:
+    """A local HTTP endpoint that prints what it receives: a target for trying webhooks."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answer = reply.encode()
+
+    class Echo(BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            click.echo(f"{self.command} {self.path}\n{body.decode('utf-8', 'replace')}\n")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    click.echo(f"listening on http://127.0.0.1:{port}, answering {reply}")
+    ThreadingHTTPServer(("127.0.0.1", port), Echo).serve_forever()
+
+
 @main.group()
 def templates() -> None:
     """Work with integration templates."""
