@@ -1,0 +1,133 @@
+"""The HTTP API as users meet it: authentication, scopes, devices, downlinks, MQTT access by key."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support.mqtt import MqttProbe
+from tests.support.orchestrator import RunningOrchestrator
+
+APP = "api-app"
+
+
+def test_authentication_and_scopes(orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_application("other-app")
+    anonymous = httpx.get(f"{orchestrator.url}/api/v1/applications")
+    assert anonymous.status_code == 401 and "Bearer" in anonymous.json()["detail"]
+    wrong = httpx.get(f"{orchestrator.url}/api/v1/applications", headers={"Authorization": "Bearer ik.x.y"})
+    assert wrong.status_code == 401
+
+    reader = orchestrator.create_key(APP, "devices:read")
+    headers = {"Authorization": f"Bearer {reader}"}
+    assert httpx.get(f"{orchestrator.url}/api/v1/applications/{APP}/devices", headers=headers).status_code == 200
+    denied = httpx.post(
+        f"{orchestrator.url}/api/v1/applications/{APP}/devices", headers=headers, json={"device_id": "dev-1"}
+    )
+    assert denied.status_code == 403 and "devices:write" in denied.json()["detail"]
+    other = httpx.get(f"{orchestrator.url}/api/v1/applications/other-app/devices", headers=headers)
+    assert other.status_code == 403 and "belongs to application api-app" in other.json()["detail"]
+    listed = httpx.get(f"{orchestrator.url}/api/v1/applications", headers=headers).json()
+    assert [a["id"] for a in listed] == [APP]
+
+    keys = orchestrator.call("GET", f"/api/v1/applications/{APP}/keys", 200).json()
+    assert "key" not in keys[0] and keys[0]["scopes"] == ["devices:read"]
+    orchestrator.call("DELETE", f"/api/v1/applications/{APP}/keys/{keys[0]['id']}", 204)
+    revoked = httpx.get(f"{orchestrator.url}/api/v1/applications/{APP}/devices", headers=headers)
+    assert revoked.status_code == 401
+
+
+def test_device_registry_and_validation(orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application(APP)
+    device = orchestrator.create_device(
+        APP, "dev-1", name="Boiler", dev_eui="0004a30b001c0530", attributes={"floor": "2"}
+    )
+    assert device["dev_eui"] == "0004a30b001c0530" and device["attributes"] == {"floor": "2"}
+    orchestrator.call("POST", f"/api/v1/applications/{APP}/devices", 409, json={"device_id": "dev-1"})
+    bad = orchestrator.call(
+        "POST",
+        f"/api/v1/applications/{APP}/devices",
+        422,
+        json={"device_id": "Bad_Id", "dev_eui": "xyz", "colour": "red"},
+    ).json()
+    assert {e["field"] for e in bad["errors"]} == {"device_id", "dev_eui", "colour"}
+    page = orchestrator.call("GET", f"/api/v1/applications/{APP}/devices?limit=1", 200).json()
+    assert page["total"] == 1 and page["items"][0]["device_id"] == "dev-1"
+    updated = orchestrator.call(
+        "PATCH", f"/api/v1/applications/{APP}/devices/dev-1", 200, json={"name": "Heater"}
+    ).json()
+    assert updated["name"] == "Heater" and updated["attributes"] == {"floor": "2"}
+    orchestrator.call("DELETE", f"/api/v1/applications/{APP}/devices/dev-1", 204)
+    orchestrator.call("GET", f"/api/v1/applications/{APP}/devices/dev-1", 404)
+    orchestrator.call("GET", "/api/v1/applications/none/devices/dev-1", 404)
+
+
+def test_downlink_queue_over_http_and_mqtt(orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "dev-1")
+    key = orchestrator.create_key(APP, "downlinks:write", "messages:read", "uplinks:write")
+    client = MqttProbe(orchestrator.mqtt_url, ".".join(key.split(".")[:2]), key)
+    client.subscribe(f"v3/{APP}/devices/dev-1/down/#")
+    path = f"/api/v1/applications/{APP}/devices/dev-1/downlinks"
+    queued = orchestrator.call(
+        "POST",
+        path,
+        201,
+        json={
+            "downlinks": [
+                {"f_port": 2, "frm_payload": "AQ==", "priority": "LOW"},
+                {"f_port": 3, "frm_payload": "Ag==", "priority": "HIGH"},
+            ]
+        },
+    ).json()["downlinks"]
+    assert all(item["id"] and f"down:{item['id']}" in item["correlation_ids"] for item in queued)
+    client.publish(f"v3/{APP}/devices/dev-1/down/push", {"downlinks": [{"f_port": 300, "frm_payload": "AQ=="}]})
+    failed = client.collect(1, topic_suffix="/down/failed")[0][1]
+    assert "f_port" in failed["downlink_failed"]["error"]["message"]
+    too_big = orchestrator.call("POST", path, 422, json={"downlinks": [{"f_port": 2, "frm_payload": "A" * 400}]}).json()
+    assert too_big["errors"][0]["field"] == "downlinks.0.frm_payload"
+
+    # Highest priority first, one per uplink (class A); MQTT devices get it on down/deliver.
+    first = orchestrator.uplink(APP, "dev-1", {"f_port": 1})["downlink"]
+    assert first["f_port"] == 3
+    client.publish(f"v3/{APP}/devices/dev-1/up/push", {"f_port": 1})
+    delivered = [body for _, body in client.collect(2, topic_suffix="/down/deliver")]
+    assert [d["f_port"] for d in delivered] == [3, 2] and delivered[1]["id"] == queued[0]["id"]
+    assert orchestrator.call("GET", path, 200).json() == {"downlinks": []}
+    client.collect(2, topic_suffix="/down/sent")
+    orchestrator.call("POST", path + "?replace=true", 201, json={"downlinks": [{"f_port": 9, "frm_payload": "AA=="}]})
+    orchestrator.call("POST", path + "?replace=true", 201, json={"downlinks": [{"f_port": 8, "frm_payload": "AA=="}]})
+    assert [d["f_port"] for d in orchestrator.call("GET", path, 200).json()["downlinks"]] == [8]
+    client.close()
+
+
+def test_broker_checks_keys_and_their_application(orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_application("other-app")
+    orchestrator.create_device("other-app", "dev-9")
+    key = orchestrator.create_key(APP, "messages:read", "uplinks:write")
+    username = ".".join(key.split(".")[:2])
+    assert MqttProbe(orchestrator.mqtt_url, username, key + "x").refused
+    assert MqttProbe(orchestrator.mqtt_url, None, None).refused
+
+    spy = MqttProbe(orchestrator.mqtt_url, username, key)
+    spy.subscribe("v3/other-app/#")
+    spy.subscribe(f"v3/{APP}/#")
+    spy.publish("v3/other-app/devices/dev-9/up/push", {"f_port": 1})  # not allowed: silently dropped
+    orchestrator.uplink("other-app", "dev-9", {"f_port": 7})
+    orchestrator.create_device(APP, "mine")
+    spy.collect(1, topic_suffix="/events/create")
+    assert not [topic for topic, _ in spy.seen if topic.startswith("v3/other-app/")]
+    spy.close()
+
+
+def test_openapi_docs_and_health(orchestrator: RunningOrchestrator) -> None:
+    assert httpx.get(f"{orchestrator.url}/docs").status_code == 200
+    spec = httpx.get(f"{orchestrator.url}/openapi.json").json()
+    assert "/api/v1/applications/{app_id}/integrations" in spec["paths"]
+    health = httpx.get(f"{orchestrator.url}/healthz").json()
+    assert health == {"status": "ok", "broker": "connected", "runtime": "process", "templates": 4}
+    templates = orchestrator.call("GET", "/api/v1/templates", 200).json()
+    webhook = next(t for t in templates if t["id"] == "webhook")
+    assert webhook["logo"] == "/api/v1/templates/webhook/logo" and "environment" not in webhook
+    assert httpx.get(orchestrator.url + webhook["logo"]).headers["content-type"].startswith("image/svg")

@@ -1,0 +1,125 @@
+"""Worker lifecycle against the real orchestrator: adoption after a crash, bad configuration, device sync, logs."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from httpx_sse import connect_sse
+
+from tests.support.orchestrator import RunningOrchestrator, pid_alive
+from tests.support.sink import HttpSink
+from tests.support.waiting import wait_for
+
+APP = "life-app"
+
+
+def test_orchestrator_crash_and_restart_adopts_running_workers(tmp_path: Path, mosquitto: str, sink: HttpSink) -> None:
+    orch = RunningOrchestrator(tmp_path / "o", ORCH_BROKER__MOSQUITTO_BINARY=mosquitto).start()
+    try:
+        orch.create_application(APP)
+        orch.create_device(APP, "dev-1")
+        orch.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url})
+        pid = orch.wait_state(APP, "hook", "running")["status"]["handle"]["pids"][0]
+
+        orch.stop(signal.SIGKILL)  # no clean-up at all
+        assert pid_alive(pid)
+        orch.start()
+
+        status = orch.wait_state(APP, "hook", "running")["status"]
+        assert status["handle"]["pids"] == [pid]  # adopted, not started twice
+        assert status["restart_count"] == 0
+        workers = list((tmp_path / "o" / "process" / "run").glob("*.json"))
+        assert len(workers) == 1
+        orch.uplink(APP, "dev-1", {"f_port": 1, "decoded_payload": {"after": "restart"}})
+        assert wait_for(sink.accepted)[0].json()["uplink_message"]["decoded_payload"] == {"after": "restart"}
+    finally:
+        orch.stop()
+    assert not pid_alive(pid)  # a graceful stop takes the process workers with it
+
+
+def test_bad_worker_configuration_becomes_a_clear_error(orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_integration(
+        APP,
+        id="hook",
+        template_id="webhook",
+        config={"url": "http://127.0.0.1:9/x", "body_format": "json", "body": '{"broken": '},
+    )
+    failed = orchestrator.wait_state(APP, "hook", "failed")
+    error = wait_for(
+        lambda: orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/hook/activity?kind=error").json(),
+        what="error event",
+    )
+    assert "invalid configuration: WEBHOOK_BODY: not valid JSON" in error[0]["message"]
+    assert "exit code 2" in failed["status"]["last_error"] or "WEBHOOK_BODY" in failed["status"]["last_error"]
+    # Fixing the configuration replaces the worker.
+    orchestrator.call(
+        "PATCH", f"/api/v1/applications/{APP}/integrations/hook", 200, json={"config": {"body": '{"fixed": true}'}}
+    )
+    orchestrator.wait_state(APP, "hook", "running")
+
+
+def test_workers_follow_registry_changes(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_integration(
+        APP, id="hook", template_id="webhook", config={"url": sink.url + "/{{device.attributes.site}}/{{device_id}}"}
+    )
+    orchestrator.wait_state(APP, "hook", "running")
+    orchestrator.create_device(APP, "late-dev", attributes={"site": "dock"})
+    orchestrator.uplink(APP, "late-dev", {"f_port": 1})
+    assert wait_for(sink.accepted)[0].path == "/dock/late-dev"
+    orchestrator.call(
+        "PATCH", f"/api/v1/applications/{APP}/devices/late-dev", 200, json={"attributes": {"site": "yard"}}
+    )
+    orchestrator.uplink(APP, "late-dev", {"f_port": 1})
+    assert wait_for(lambda: len(sink.accepted()) == 2 and sink.accepted())[1].path == "/yard/late-dev"
+
+
+def test_logs_tail_and_follow_without_secrets(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_integration(
+        APP, id="hook", template_id="webhook", config={"url": sink.url, "auth_token": "super-secret-token-1"}
+    )
+    orchestrator.wait_state(APP, "hook", "running")
+    lines = orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/hook/logs?tail=50", 200).json()
+    assert any("integration hook running" in line for line in lines["lines"])
+    assert orchestrator.api is not None
+    with connect_sse(
+        orchestrator.api, "GET", f"/api/v1/applications/{APP}/integrations/hook/logs?follow=true&tail=1", timeout=30
+    ) as source:
+        seen = []
+        orchestrator.call("POST", f"/api/v1/applications/{APP}/integrations/hook/restart", 200)
+        for event in source.iter_sse():
+            seen.append(event.data)
+            if "integration hook stopped" in event.data:
+                break
+    assert any("stopped" in line for line in seen)
+    every_log = orchestrator.worker_logs() + orchestrator.log_tail(500)
+    assert "super-secret-token-1" not in every_log
+
+
+def test_deleting_an_application_stops_its_workers(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    orchestrator.create_application(APP)
+    created = orchestrator.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url})
+    pid = created["status"]["handle"]["pids"][0]
+    orchestrator.call("DELETE", f"/api/v1/applications/{APP}", 204)
+    assert not pid_alive(pid)
+    orchestrator.call("GET", f"/api/v1/applications/{APP}", 404)
+
+
+def test_replicas_share_the_messages(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "dev-1")
+    created = orchestrator.create_integration(
+        APP, id="hook", template_id="webhook", replicas=2, config={"url": sink.url}
+    )
+    assert len(created["status"]["handle"]["pids"]) == 2
+    orchestrator.wait_state(APP, "hook", "running")
+    for count in range(40):
+        orchestrator.uplink(APP, "dev-1", {"f_port": 1, "decoded_payload": {"n": count}})
+    received = wait_for(lambda: len(sink.accepted()) >= 40 and sink.accepted(), what="40 deliveries")
+    numbers = sorted(r.json()["uplink_message"]["decoded_payload"]["n"] for r in received)
+    assert numbers == list(range(40))  # each exactly once
+    logs = orchestrator.worker_logs()
+    assert "life-app--hook.0.log" in logs and "life-app--hook.1.log" in logs
