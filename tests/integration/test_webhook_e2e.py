@@ -99,9 +99,9 @@ def test_uplink_becomes_templated_request_and_response_becomes_downlink(
     watcher.close()
 
 
-def test_target_down_for_a_while_loses_nothing(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+def test_target_down_for_a_minute_loses_nothing(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
     setup_app(orchestrator, "dev-1")
-    down_until = time.monotonic() + 8
+    down_until = time.monotonic() + 60
     attempts: list[int] = []
 
     def flaky(request: Received) -> tuple[int, dict[str, str], bytes]:
