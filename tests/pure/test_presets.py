@@ -6,13 +6,13 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
-from orchestrator.config import PROJECT_ROOT
-from orchestrator.templates import check_values, load_template
 from webhook_worker.config import WebhookSettings
 from webhook_worker.render import build_context
 from webhook_worker.request import OutgoingRequest, RequestBuilder
 from worker_sdk import Event
+
+from orchestrator.config import PROJECT_ROOT
+from orchestrator.templates import check_values, load_template
 
 UPLINK = {
     "end_device_ids": {"device_id": "tank-7", "application_ids": {"application_id": "farm"}},
@@ -34,15 +34,19 @@ def render(template_id: str, values: dict[str, object], monkeypatch: pytest.Monk
 
 
 def test_influxdb_v2_line_protocol_write(monkeypatch: pytest.MonkeyPatch) -> None:
-    request = render("influxdb-v2", {"url": "https://influx.example:8086", "organization": "my org",
-                                     "bucket": "sensors", "token": "tok=="}, monkeypatch)
+    request = render(
+        "influxdb-v2",
+        {"url": "https://influx.example:8086", "organization": "my org", "bucket": "sensors", "token": "tok=="},
+        monkeypatch,
+    )
     parts = urlsplit(request.url)
     assert (parts.scheme, parts.netloc, parts.path) == ("https", "influx.example:8086", "/api/v2/write")
     assert parse_qs(parts.query) == {"org": ["my org"], "bucket": ["sensors"], "precision": ["ns"]}
     assert request.headers["Authorization"] == "Token tok=="
     assert request.headers["Content-Type"] == "text/plain; charset=utf-8"
-    assert request.body == (b'uplink,application_id=farm,device_id=tank-7 '
-                            b'field1=3.5,level=80,state="full",ok=True 1767323045500000000')
+    assert request.body == (
+        b'uplink,application_id=farm,device_id=tank-7 field1=3.5,level=80,state="full",ok=True 1767323045500000000'
+    )
 
 
 def test_thingspeak_channel_update(monkeypatch: pytest.MonkeyPatch) -> None:
