@@ -72,7 +72,7 @@ class Orchestrator:
                 settings.broker.max_queued_messages,
             )
         handler = Handler(settings, db, hub, broker_password)
-        runtime = make_runtime(settings)
+        runtime = make_runtime(settings, allowed_images=templates.images)
         reconciler_box: list[Reconciler] = []
         recorder = IntegrationRecorder(handler, lambda: reconciler_box[0].wake() if reconciler_box else None)
         handler.listener = recorder
@@ -87,6 +87,8 @@ class Orchestrator:
         self.db.migrate()
         await self.refresh_keys()
         if self.broker is not None:
+            if not self.settings.broker.worker_url:
+                self.broker.extra_hosts = self.runtime.extra_listen_addresses()
             await self.broker.start()
         await self.handler.start()
         self.reconciler.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -41,7 +42,27 @@ def serve(host: str | None, port: int | None) -> None:
     token_file = settings.data_dir / "admin.token"
     if settings.admin_token is None:
         click.echo(f"Admin token: in {token_file} (export TOKEN=$(cat {token_file}))")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False)
+    runtime = app.state.orchestrator.runtime
+    click.echo(f"Runtime: {runtime.name}")
+    # Workers in containers on a bridge network reach the API through Docker's bridge address.
+    hosts = [settings.host] + ([] if settings.public_url else runtime.extra_listen_addresses())
+    try:
+        sockets = [_listen(host, settings.port) for host in dict.fromkeys(hosts)]
+    except OSError as err:
+        click.echo(f"cannot listen on port {settings.port}: {err.strerror} (set ORCH_PORT)", err=True)
+        sys.exit(2)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False
+    )
+    uvicorn.Server(config).run(sockets=sockets)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
 
 
 @main.command("echo-server")

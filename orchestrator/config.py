@@ -38,6 +38,15 @@ class HandlerSettings(BaseModel):
     max_downlink_bytes: int = Field(242, ge=1)
 
 
+class DockerSettings(BaseModel):
+    """The Docker runtime."""
+
+    network: str = Field(
+        "iot-orchestrator",
+        description="User-defined bridge network (created if missing), or `host` (used by the tests)",
+    )
+
+
 class RuntimeSettings(BaseModel):
     """Where and how integration workers run."""
 
@@ -48,6 +57,7 @@ class RuntimeSettings(BaseModel):
     stable_after_seconds: float = Field(60.0, gt=0, description="Running this long resets the back-off")
     stop_timeout_seconds: float = Field(15.0, gt=0)
     log_max_bytes: int = Field(1_000_000, description="Process runtime: log file size before rotation")
+    docker: DockerSettings = DockerSettings()
 
 
 class Settings(BaseSettings):
@@ -91,6 +101,11 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return self.public_url or f"http://{host}:{self.port}"
 
+    @cached_property
+    def instance_id(self) -> str:
+        """This orchestrator's identity (kept in the data directory): its containers carry it as a label."""
+        return self.persistent_secret("instance.id", None, factory="short")
+
     def persistent_secret(self, name: str, configured: SecretStr | None, factory: str = "token") -> str:
         """A configured secret, or one generated once and kept in the data directory (development)."""
         if configured is not None:
@@ -99,7 +114,9 @@ class Settings(BaseSettings):
         if path.exists():
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if factory == "fernet":
+        if factory == "short":
+            value = secrets.token_hex(4)
+        elif factory == "fernet":
             from cryptography.fernet import Fernet
 
             value = Fernet.generate_key().decode()

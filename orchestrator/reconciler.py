@@ -69,6 +69,7 @@ class Reconciler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._backoff: dict[str, Backoff] = {}
         self._restart: set[str] = set()
+        self._runtime_restarts: dict[str, int] = {}  # restarts the runtime did on its own (Docker policy)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -102,8 +103,9 @@ class Reconciler:
 
     async def reconcile_all(self) -> None:
         """One pass: remove workers of deleted integrations, then reconcile every integration."""
-        records = await self.handler.run_db(lambda session: service.list_integrations(session))
+        # Workers first: a worker listed here had its record created before the query below.
         workers = await self.runtime.list_workers()
+        records = await self.handler.run_db(lambda session: service.list_integrations(session))
         names = {record.runtime_name for record in records}
         for name in workers.keys() - names:
             log.info("removing %s: its integration no longer exists", name)
@@ -135,9 +137,15 @@ class Reconciler:
     async def reconcile(self, record: Integration) -> None:
         """Compare wanted and actual state for one integration, act, and record the outcome."""
         async with self._lock(record.runtime_name):
-            status = await self.runtime.status(record.runtime_name)
-            observed = await self._act(record, status)
-        await self._record(record, observed)
+            # Read the record again under the lock: the API may have changed or deleted it meanwhile.
+            current = await self.handler.run_db(
+                lambda session: session.get(Integration, (record.application_id, record.id))
+            )
+            if current is None:
+                return  # deleted: `remove` took care of the worker
+            status = await self.runtime.status(current.runtime_name)
+            observed = await self._act(current, status)
+            await self._record(current, observed)
 
     async def _act(self, record: Integration, status: WorkerStatus) -> Observed:
         name = record.runtime_name
@@ -159,7 +167,7 @@ class Reconciler:
                 observed.actual_state = "stopped"
             return observed
         try:
-            spec = service.build_spec(record, template, self.box, self.settings)
+            spec = service.build_spec(record, template, self.box, self.settings, self.runtime)
         except OrchestratorError as err:
             if active:
                 await self.runtime.stop(name)
@@ -194,6 +202,13 @@ class Reconciler:
                 return await self._start(record, spec, observed, reason="crashed")
             return observed
         # Running as far as the runtime can tell: ready once every replica reported in.
+        restarts = int(status.handle.get("restarts", 0))
+        seen = self._runtime_restarts.setdefault(name, restarts)
+        if restarts > seen:
+            observed.restart_count += restarts - seen
+            observed.last_error = f"the worker exited and {self.runtime.name} restarted it ({restarts} restarts)"
+            self._runtime_restarts[name] = restarts
+            backoff.running_since = None
         backoff.running_since = backoff.running_since or now
         if now - backoff.running_since >= self.settings.runtime.stable_after_seconds:
             backoff.failures = 0
@@ -213,6 +228,7 @@ class Reconciler:
 
     async def _start(self, record: Integration, spec: WorkerSpec, observed: Observed, reason: str) -> Observed:
         log.info("starting %s (%s) on the %s runtime", spec.name, reason, self.runtime.name)
+        self._runtime_restarts.pop(spec.name, None)
         self.recorder.forget(record.application_id, record.id)
         backoff = self._backoff.setdefault(spec.name, Backoff())
         backoff.running_since = None

@@ -39,6 +39,7 @@ class ManagedBroker:
         self.max_queued_messages = max_queued_messages
         self.process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
+        self.extra_hosts: list[str] = []  # more addresses to listen on, e.g. Docker's bridge gateway
 
     @property
     def pid_file(self) -> Path:
@@ -55,6 +56,7 @@ class ManagedBroker:
                     "# Written by the orchestrator at every start; edits are overwritten.",
                     "per_listener_settings false",
                     f"listener {self.port} {self.host}",
+                    *(f"listener {self.port} {host}" for host in self.extra_hosts),
                     "allow_anonymous false",
                     f"password_file {self.directory / 'passwords'}",
                     f"acl_file {self.directory / 'acl'}",

@@ -13,7 +13,7 @@ from ..db.models import ApiKey, Integration, IntegrationActivity, IntegrationSta
 from ..errors import ConflictError, NotFoundError, ValidationFailed
 from ..handler import registry
 from ..handler.keys import INTEGRATION_SCOPES
-from ..runtime.base import WorkerSpec
+from ..runtime.base import Runtime, WorkerSpec
 from ..schemas import (
     IntegrationCounters,
     IntegrationCreate,
@@ -186,14 +186,17 @@ def to_public(record: Integration, box: SecretBox) -> IntegrationPublic:
     )
 
 
-def build_spec(record: Integration, template: IntegrationTemplate, box: SecretBox, settings: Settings) -> WorkerSpec:
+def build_spec(
+    record: Integration, template: IntegrationTemplate, box: SecretBox, settings: Settings, runtime: Runtime
+) -> WorkerSpec:
     """The worker spec: the template's image, the field environment, and how to reach the handler."""
     resolved = resolve(template, record.config, box.open(record.secrets_encrypted, {}))
     key = box.open(record.key_encrypted)
+    broker_url, api_url = runtime.worker_urls(settings.broker.url, settings.api_url)
     environment = {
         **resolved.environment,
-        "HANDLER_MQTT_URL": settings.broker.worker_url or settings.broker.url,
-        "HANDLER_API_URL": settings.api_url,
+        "HANDLER_MQTT_URL": settings.broker.worker_url or broker_url,
+        "HANDLER_API_URL": settings.public_url or api_url,
         "HANDLER_APPLICATION_ID": record.application_id,
         "HANDLER_API_KEY": key,
         "INTEGRATION_ID": record.id,

@@ -3,33 +3,32 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ..config import Settings
+from ..errors import RuntimeFailure
 from .base import Runtime, WorkerSpec, WorkerState, WorkerStatus
+from .docker import DockerRuntime, docker_available
 from .process import ProcessRuntime
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ProcessRuntime", "Runtime", "WorkerSpec", "WorkerState", "WorkerStatus", "make_runtime"]
+__all__ = ["DockerRuntime", "ProcessRuntime", "Runtime", "WorkerSpec", "WorkerState", "WorkerStatus", "make_runtime"]
 
 
-def make_runtime(settings: Settings) -> Runtime:
+def make_runtime(settings: Settings, allowed_images: Callable[[], set[str]] | None = None) -> Runtime:
     """The runtime the settings ask for; `auto` picks Docker when an engine answers, else processes."""
     kind = settings.runtime.kind
     if kind in ("auto", "docker"):
-        try:
-            from .docker import DockerRuntime, docker_available
-        except ImportError:  # the Docker runtime is not part of this build
-            docker_available = None
-        if docker_available is not None:
-            reason = docker_available()
-            if reason is None:
-                return DockerRuntime(settings)
-            if kind == "docker":
-                from ..errors import RuntimeFailure
-
-                raise RuntimeFailure(f"ORCH_RUNTIME__KIND=docker but {reason}")
-            log.info("no Docker engine (%s): using the process runtime", reason)
+        reason = docker_available()
+        if reason is None:
+            log.info("runtime: docker (a Docker engine answered)")
+            return DockerRuntime(settings, allowed_images=allowed_images)
+        if kind == "docker":
+            raise RuntimeFailure(f"ORCH_RUNTIME__KIND=docker but {reason}")
+        log.info("runtime: process (%s)", reason)
+    else:
+        log.info("runtime: process (ORCH_RUNTIME__KIND=process)")
     return ProcessRuntime(
         settings.data_dir / "process",
         stop_timeout=settings.runtime.stop_timeout_seconds,

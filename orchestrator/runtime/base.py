@@ -104,5 +104,13 @@ class Runtime(abc.ABC):
     async def list_workers(self) -> dict[str, WorkerStatus]:
         """Everything this runtime runs for the orchestrator, by name: what a restart adopts."""
 
+    def worker_urls(self, broker_url: str, api_url: str) -> tuple[str, str]:
+        """The broker and API URLs as workers of this runtime reach them (same as ours by default)."""
+        return broker_url, api_url
+
+    def extra_listen_addresses(self) -> list[str]:
+        """Addresses besides our own where the broker and API must listen for workers to reach them."""
+        return []
+
     async def close(self) -> None:  # noqa: B027 - optional hook, most runtimes have nothing to release
         """Release clients; called when the orchestrator stops."""
