@@ -10,10 +10,18 @@ from orchestrator.runtime.docker import container_labels, container_name, contai
 
 def spec(**changes: object) -> WorkerSpec:
     values: dict[str, object] = {
-        "name": "farm--hook", "application_id": "farm", "integration_id": "hook", "template_id": "webhook",
-        "template_version": "1.0.0", "image": "iot-orchestrator/webhook:0.1.0", "python_module": "webhook_worker",
+        "name": "farm--hook",
+        "application_id": "farm",
+        "integration_id": "hook",
+        "template_id": "webhook",
+        "template_version": "1.0.0",
+        "image": "iot-orchestrator/webhook:0.1.0",
+        "python_module": "webhook_worker",
         "environment": {"WEBHOOK_URL": "https://x", "HANDLER_API_KEY": "ik.abc.SECRET", "WEBHOOK_AUTH_TOKEN": "t0k"},
-        "secret_env": ("WEBHOOK_AUTH_TOKEN", "HANDLER_API_KEY"), "replicas": 2, "memory_mb": 64, "cpus": 0.25,
+        "secret_env": ("WEBHOOK_AUTH_TOKEN", "HANDLER_API_KEY"),
+        "replicas": 2,
+        "memory_mb": 64,
+        "cpus": 0.25,
     }
     values.update(changes)
     return WorkerSpec(**values)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ class Received:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # time.perf_counter() when it arrived
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -55,6 +57,7 @@ class HttpSink:
                     parse_qs(parts.query),
                     {k.lower(): v for k, v in self.headers.items()},
                     self.rfile.read(length),
+                    time.perf_counter(),
                 )
                 status, headers, body = sink.responder(received)
                 if status < 400:
@@ -84,6 +87,17 @@ class HttpSink:
         with self._lock:
             return list(self.requests)
 
+    def clear(self) -> None:
+        """Forget what was received."""
+        with self._lock:
+            self.requests.clear()
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def __enter__(self) -> HttpSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
