@@ -58,6 +58,15 @@ def _idle_memory_process(orch: RunningOrchestrator) -> float:
     return 0.0
 
 
+def _remove_containers(orch: RunningOrchestrator) -> None:
+    import docker
+
+    instance = (orch.data_dir / "instance.id").read_text().strip()
+    client = docker.from_env()
+    for container in client.containers.list(all=True, filters={"label": [f"io.iot-orchestrator.instance={instance}"]}):
+        container.remove(force=True)
+
+
 def _bare_docker_run(runs: int) -> list[float]:
     samples = []
     for _ in range(runs):
@@ -87,6 +96,8 @@ def _scenario(kind: str, mosquitto: str, runs: int) -> dict[str, Any]:
             memory = _idle_memory_docker(orch) if kind == "docker" else _idle_memory_process(orch)
         finally:
             orch.stop()
+            if kind == "docker":
+                _remove_containers(orch)
     return {"enable_to_first_delivery_s": summary(samples), "idle_memory_mib": round(memory, 1)}
 
 

@@ -97,8 +97,10 @@ class Reconciler:
                 await self.reconcile_all()
             except Exception:
                 log.exception("reconcile pass failed; next pass in %.0f s", interval)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def reconcile_all(self) -> None:

@@ -59,8 +59,8 @@ def dorch(
         print("\n==== orchestrator log ====\n" + running.log_tail(80))
         for container in containers(engine, running):
             print(f"\n==== {container.name} ====\n" + container.logs(tail=40).decode(errors="replace"))
+    running.stop()  # first, or its reconciler would start what we remove
     remove_all(engine, running)
-    running.stop()
 
 
 def instance_of(orch: RunningOrchestrator) -> str:
@@ -171,8 +171,8 @@ def test_orchestrator_restart_adopts_containers(
         orch.uplink(APP, "dev-1", {"f_port": 1})
         assert wait_for(sink.accepted)[0].path == "/keep"
     finally:
+        orch.stop()  # first, or its reconciler would start what we remove
         remove_all(engine, orch)
-        orch.stop()
 
 
 def test_orphan_containers_are_removed_at_start(
@@ -192,8 +192,8 @@ def test_orphan_containers_are_removed_at_start(
         orch.start()
         wait_for(lambda: not containers(engine, orch), timeout=30, what="the orphan container to go")
     finally:
+        orch.stop()  # first, or its reconciler would start what we remove
         remove_all(engine, orch)
-        orch.stop()
 
 
 def test_config_change_replaces_the_container(
@@ -233,5 +233,5 @@ def test_missing_image_is_a_clear_error(tmp_path: Path, mosquitto: str, engine: 
         orch.create_integration(APP, id="fine", template_id="webhook", config={"url": "http://127.0.0.1:9"})
         orch.wait_state(APP, "fine", "running", timeout=60)
     finally:
+        orch.stop()  # first, or its reconciler would start what we remove
         remove_all(engine, orch)
-        orch.stop()

@@ -173,7 +173,8 @@ class MqttConnection:
         """Publish; with QoS 1, return only once the broker acknowledged the message."""
         if isinstance(payload, dict):
             payload = json.dumps(payload, separators=(",", ":"))
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
         self._client.publish(topic, payload, qos=qos, retain=retain)
         if qos == 0:
             return
@@ -184,7 +185,8 @@ class MqttConnection:
         self._storage.waiters[mid] = waiter
         try:
             # gmqtt re-sends unacknowledged messages after a reconnect, so waiting stays safe.
-            await asyncio.wait_for(waiter, timeout)
+            async with asyncio.timeout(timeout):
+                await waiter
         except TimeoutError as err:
             self._storage.waiters.pop(mid, None)
             raise MqttError(f"the broker did not acknowledge a message on {topic} within {timeout:.0f} s") from err

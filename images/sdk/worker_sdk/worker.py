@@ -349,7 +349,8 @@ class Worker:
 
     async def _interruptible_sleep(self, seconds: float) -> None:
         try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
         except TimeoutError:
             return
         raise Interrupted()
