@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from worker_sdk.messages import EUI_PATTERN, ID_PATTERN
+
+from worker_sdk.messages import Eui, Identifier
 
 from .handler.keys import SCOPES
 
@@ -24,7 +25,7 @@ class Strict(BaseModel):
 
 
 class ApplicationCreate(Strict):
-    id: str = Field(pattern=ID_PATTERN, description="Lowercase letters, digits and single dashes")
+    id: Identifier = Field(description="3-36 lowercase letters, digits and single dashes")
     name: str = Field("", max_length=200)
     description: str = Field("", max_length=2000)
 
@@ -68,8 +69,8 @@ class KeyCreated(KeyPublic):
 class DeviceFields(Strict):
     name: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=2000)
-    dev_eui: str | None = Field(None, pattern=EUI_PATTERN)
-    join_eui: str | None = Field(None, pattern=EUI_PATTERN)
+    dev_eui: Eui | None = None
+    join_eui: Eui | None = None
     attributes: dict[str, str] | None = None
 
     @field_validator("attributes")
@@ -86,7 +87,7 @@ class DeviceFields(Strict):
 
 
 class DeviceCreate(DeviceFields):
-    device_id: str = Field(pattern=ID_PATTERN)
+    device_id: Identifier
 
 
 class DeviceUpdate(DeviceFields):
@@ -126,7 +127,7 @@ class ResourceOverrides(Strict):
 
 
 class IntegrationCreate(Strict):
-    id: str | None = Field(None, pattern=ID_PATTERN, description="Generated from the template when empty")
+    id: Identifier | None = Field(None, description="Generated from the template when empty")
     template_id: str
     name: str = Field("", max_length=200)
     config: dict[str, Any] = Field(default_factory=dict)

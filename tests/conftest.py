@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.orchestrator import RunningOrchestrator
+from tests.support.pubsub import PubSubEmulator, find_launcher
 from tests.support.sink import HttpSink
 
 
@@ -49,3 +50,14 @@ def orchestrator(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: str)
         print("\n==== orchestrator log ====\n" + running.log_tail(80))
         print("\n==== worker logs ====\n" + running.worker_logs())
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubSubEmulator]:
+    """Google's Pub/Sub emulator. Missing is a failure: it is part of these machines (ENVIRONMENT.md)."""
+    launcher = find_launcher()
+    if launcher is None:
+        pytest.fail("the Pub/Sub emulator (Debian package google-cloud-cli-pubsub-emulator) is not installed")
+    emulator = PubSubEmulator(launcher, tmp_path_factory.mktemp("pubsub"))
+    yield emulator
+    emulator.stop()

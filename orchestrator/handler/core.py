@@ -10,6 +10,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
+
 from worker_sdk import topics
 from worker_sdk.messages import DownlinkRequest, describe_errors, end_device_ids, now_iso
 from worker_sdk.mqtt import MqttConnection
@@ -203,7 +204,8 @@ class Handler:
             )
         except (ValidationFailed, NotFoundError, downlinks.QueueFull) as err:
             message = getattr(err, "detail", None) or str(err)
-            failed_body = body if isinstance(body, dict) else {"raw": body.decode("utf-8", "replace")[:500]}
+            failed_body = _as_object(body)
+            failed_body = {**failed_body, "correlation_ids": _request_correlation_ids(failed_body)}
             await self.emit(
                 app_id,
                 topics.device_topic(app_id, device_id, "down/failed"),
@@ -331,3 +333,24 @@ class Handler:
                 )
         except Exception:
             log.exception("could not record %s", topic)
+
+
+def _as_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
+    """A request body as a JSON object when it is one, else its start as text (for failure events)."""
+    if isinstance(body, dict):
+        return body
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {"raw": body.decode("utf-8", "replace")[:500]}
+
+
+def _request_correlation_ids(body: dict[str, Any]) -> list[str]:
+    """Correlation ids of every downlink in a (possibly invalid) push, so its sender can match a failure."""
+    found: list[str] = []
+    items = body.get("downlinks")
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("correlation_ids"), list):
+            found += [str(value) for value in item["correlation_ids"] if isinstance(value, str)]
+    return found

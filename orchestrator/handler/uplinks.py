@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
+
 from worker_sdk.messages import UplinkSubmission, describe_errors, end_device_ids, now_iso
 
 

@@ -7,13 +7,13 @@ import base64
 import hashlib
 
 import pytest
-from worker_sdk import topics
-from worker_sdk.mqtt import topic_matches
-from worker_sdk.redact import Redactor
 
 from orchestrator.handler import keys
 from orchestrator.handler.hub import EventHub
 from orchestrator.handler.uplinks import UplinkRejected, normalize, parse_submission
+from worker_sdk import topics
+from worker_sdk.mqtt import topic_matches
+from worker_sdk.redact import Redactor
 
 
 def test_topics_round_trip() -> None:

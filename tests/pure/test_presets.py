@@ -6,13 +6,13 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from orchestrator.config import PROJECT_ROOT
+from orchestrator.templates import check_values, load_template
 from webhook_worker.config import WebhookSettings
 from webhook_worker.render import build_context
 from webhook_worker.request import OutgoingRequest, RequestBuilder
 from worker_sdk import Event
-
-from orchestrator.config import PROJECT_ROOT
-from orchestrator.templates import check_values, load_template
 
 UPLINK = {
     "end_device_ids": {"device_id": "tank-7", "application_ids": {"application_id": "farm"}},

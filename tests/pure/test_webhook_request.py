@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
 from webhook_worker.config import WebhookSettings
 from webhook_worker.render import JsonTemplate, TemplateError, build_context, lookup
 from webhook_worker.request import HeaderError, RequestBuilder, response_downlinks

@@ -1,6 +1,6 @@
 """The worker SDK: what every integration image uses to talk to the orchestrator's handler."""
 
-from .errors import ConfigurationError, DeliveryError, PermanentError, RetryableError
+from .errors import ConfigurationError, DeliveryError, PermanentError, RetryableError, SetupError
 from .registry import Device
 from .runner import run_worker
 from .settings import HandlerSettings, ImageSettings, WorkerSettings
@@ -15,6 +15,7 @@ __all__ = [
     "ImageSettings",
     "PermanentError",
     "RetryableError",
+    "SetupError",
     "Worker",
     "WorkerSettings",
     "run_worker",

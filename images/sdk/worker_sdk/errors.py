@@ -32,3 +32,7 @@ class ConfigurationError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class SetupError(Exception):
+    """The target platform is not ready (unreachable, missing topic, no permission): retried with back-off."""

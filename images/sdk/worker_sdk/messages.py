@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,24 @@ def _check_base64(value: str) -> str:
 
 
 Base64Str = Annotated[str, AfterValidator(_check_base64)]
+
+
+def _check_identifier(value: str) -> str:
+    if not re.fullmatch(ID_PATTERN, value):
+        raise ValueError(
+            "must be 3 to 36 lowercase letters, digits and single dashes, not starting or ending with a dash"
+        )
+    return value
+
+
+def _check_eui(value: str) -> str:
+    if not re.fullmatch(EUI_PATTERN, value):
+        raise ValueError("must be 16 hexadecimal digits (an EUI-64)")
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_check_identifier)]
+Eui = Annotated[str, AfterValidator(_check_eui)]
 Priority = Literal["LOWEST", "LOW", "BELOW_NORMAL", "NORMAL", "ABOVE_NORMAL", "HIGH", "HIGHEST"]
 
 

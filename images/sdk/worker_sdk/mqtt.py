@@ -85,7 +85,10 @@ class MqttConnection:
         self.port = parts.port or (8883 if self.tls else 1883)
         self.client_id = client_id
         self.keepalive = keepalive
-        self._handlers: list[tuple[str, MessageHandler]] = []
+        # One subscription per distinct filter, numbered: MQTT 5 subscription identifiers tell which
+        # subscription a message came through, so overlapping filters reach the right handlers.
+        self._filters: list[str] = []
+        self._handlers: dict[str, list[MessageHandler]] = {}
         self.on_reconnect: list[ConnectedHook] = []  # run after every connect but the first
         self._connections = 0
         self._closing = False
@@ -119,9 +122,16 @@ class MqttConnection:
 
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
         """Register a handler; the subscription is (re)made on every connect, with QoS 1."""
-        self._handlers.append((topic_filter, handler))
-        if self.is_connected:
-            self._client.subscribe(topic_filter, qos=1)
+        if topic_filter not in self._handlers:
+            self._filters.append(topic_filter)
+            self._handlers[topic_filter] = []
+            if self.is_connected:
+                self._subscribe(topic_filter)
+        self._handlers[topic_filter].append(handler)
+
+    def _subscribe(self, topic_filter: str) -> None:
+        identifier = self._filters.index(topic_filter) + 1
+        self._client.subscribe(topic_filter, qos=1, subscription_identifier=identifier)
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Connect once; raises MqttError naming the broker when it is unreachable or refuses us."""
@@ -193,8 +203,8 @@ class MqttConnection:
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: dict[str, Any]) -> None:
         log.info("connected to MQTT broker %s:%s as %s", self.host, self.port, self.client_id)
-        for topic_filter, _ in self._handlers:
-            client.subscribe(topic_filter, qos=1)
+        for topic_filter in self._filters:
+            self._subscribe(topic_filter)
         self._connected.set()
         self._connections += 1
         if self._connections > 1:
@@ -211,10 +221,13 @@ class MqttConnection:
     async def _on_message(
         self, client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
     ) -> int:
-        for topic_filter, handler in self._handlers:
-            if topic_matches(topic_filter, topic):
+        identifiers = properties.get("subscription_identifier") or []
+        filters = [self._filters[i - 1] for i in identifiers if 0 < i <= len(self._filters)]
+        if not filters:  # a broker without subscription identifiers: the first matching filter
+            filters = [f for f in self._filters if topic_matches(f, topic)][:1]
+        for topic_filter in filters:
+            for handler in self._handlers[topic_filter]:
                 await handler(topic, payload)
-                break
-        else:
+        if not filters:
             log.debug("no handler for %s", topic)
         return int(PubAckReasonCode.SUCCESS)

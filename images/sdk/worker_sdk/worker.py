@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from tenacity import (
 )
 
 from . import topics
-from .errors import PermanentError, RetryableError
+from .errors import PermanentError, RetryableError, SetupError
 from .messages import now_iso
 from .mqtt import MqttConnection, MqttError
 from .redact import Redactor
@@ -51,6 +52,7 @@ class Event:
     device_id: str
     payload: dict[str, Any]
     device: Device | None = None
+    raw: bytes = b""  # the message exactly as received, to forward without re-encoding
 
     @property
     def correlation_ids(self) -> list[str]:
@@ -94,6 +96,9 @@ class Worker:
 
     settings_class: ClassVar[type[ImageSettings] | None] = None
     default_events: ClassVar[tuple[str, ...]] = ("uplink",)
+    # Images that must know whether the handler accepted a downlink (to acknowledge their source).
+    confirm_downlinks: ClassVar[bool] = False
+    confirm_timeout_seconds: ClassVar[float] = 15.0
 
     def __init__(self, settings: Any, handler: HandlerSettings, worker: WorkerSettings) -> None:
         self.settings = settings
@@ -120,6 +125,7 @@ class Worker:
         self._ready = asyncio.Event()  # set after setup(): messages that arrive earlier wait
         self._draining = False
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._downlink_waiters: dict[str, asyncio.Future[str | None]] = {}
         self._last_delivery_event = 0.0
         self._last_retry_event = 0.0
 
@@ -147,6 +153,38 @@ class Worker:
         """Send downlinks to a device through the handler (`down/push` or `down/replace`)."""
         suffix = "down/replace" if replace else "down/push"
         await self.mqtt.publish(topics.device_topic(self.app_id, device_id, suffix), {"downlinks": downlinks})
+
+    async def push_downlinks_confirmed(
+        self, device_id: str, downlinks: list[dict[str, Any]], replace: bool = False
+    ) -> str | None:
+        """Push downlinks and wait for the handler's verdict: None when queued, else why it refused them.
+
+        Raises RetryableError when no verdict comes in time (the caller should retry later).
+        """
+        marker = f"{self.integration_id}:{uuid.uuid4().hex}"
+        downlinks = [{**item, "correlation_ids": [*item.get("correlation_ids", []), marker]} for item in downlinks]
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._downlink_waiters[marker] = waiter
+        try:
+            await self.push_downlinks(device_id, downlinks, replace)
+            async with asyncio.timeout(self.confirm_timeout_seconds):
+                return await waiter
+        except (TimeoutError, MqttError) as err:
+            raise RetryableError(f"the handler did not confirm the downlink for {device_id}: {err!r}") from err
+        finally:
+            self._downlink_waiters.pop(marker, None)
+
+    async def _on_downlink_outcome(self, topic: str, payload: bytes) -> None:
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return
+        failed = data.get("downlink_failed")
+        verdict = str((failed.get("error") or {}).get("message", "refused")) if failed else None
+        for marker in data.get("correlation_ids") or []:
+            waiter = self._downlink_waiters.get(marker)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(verdict)
 
     async def report(self, event: str, message: str, **details: Any) -> None:
         """Publish an integration event (`error`, `delivery`, ...) that the orchestrator records."""
@@ -186,6 +224,9 @@ class Worker:
             self.mqtt.subscribe(topic_filter, self._on_message)
         # Every replica needs every registry change, so this one is never shared.
         self.mqtt.subscribe(topics.device_topic(self.app_id, "+", "events/+"), self._on_device_message)
+        if self.confirm_downlinks:
+            for suffix in ("down/queued", "down/failed"):
+                self.mqtt.subscribe(topics.device_topic(self.app_id, "+", suffix), self._on_downlink_outcome)
 
     async def run(self) -> None:
         """Run until stopped: connect, sync devices, deliver messages, then drain and disconnect."""
@@ -195,7 +236,8 @@ class Worker:
             self._subscribe()
             await self.mqtt.connect_with_retry(self._stop)
             await self._load_registry()
-            await self.setup()
+            if not await self._setup_with_retry():
+                return
             self._ready.set()
             await self.mqtt.publish(self._status_topic(), self._status("running"), retain=True)
             self.mqtt.on_reconnect.append(self._announce_running)
@@ -206,6 +248,23 @@ class Worker:
             log.error("%s", err)
         finally:
             await self._shutdown(background)
+
+    async def _setup_with_retry(self) -> bool:
+        """Run setup until it works; a SetupError is reported and retried, so nothing crash-loops silently."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                await self.setup()
+                return True
+            except SetupError as err:
+                log.warning("setup failed: %s; retrying in %.0f s", err, delay)
+                await self.report("error", f"setup failed: {err}")
+            try:
+                await self._interruptible_sleep(delay)
+            except Interrupted:
+                break
+            delay = min(delay * 2, 60.0)
+        return False
 
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         self._draining = True
@@ -297,6 +356,7 @@ class Worker:
             device_id=device_id,
             payload=data,
             device=self.registry.get(device_id),
+            raw=payload,
         )
         await self._deliver(event)
 

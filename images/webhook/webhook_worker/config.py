@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
+
 from worker_sdk import ImageSettings
 from worker_sdk.topics import SUBSCRIBABLE_EVENTS
 

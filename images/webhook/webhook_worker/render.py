@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import pystache
 from pystache.parser import ParsingError
+
 from worker_sdk import Event
 
 # A JSON leaf that is a single tag, like "{{decoded_payload.temperature}}", keeps the value's JSON type.

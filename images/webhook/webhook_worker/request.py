@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from pydantic import ValidationError
+
 from worker_sdk import Event
 from worker_sdk.messages import Downlink, describe_errors
 

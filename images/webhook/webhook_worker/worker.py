@@ -10,6 +10,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+
 from worker_sdk import ConfigurationError, Event, PermanentError, RetryableError, Worker
 
 from .config import WebhookSettings
@@ -77,7 +78,7 @@ class WebhookWorker(Worker):
     async def handle(self, event: Event) -> dict[str, Any] | None:
         """Deliver one event; 5xx, 429 and connection errors are retried, other 4xx are not."""
         context = build_context(event, self.integration_id)
-        raw = json.dumps(event.payload, separators=(",", ":")).encode()
+        raw = event.raw or json.dumps(event.payload, separators=(",", ":")).encode()
         try:
             request = self.builder.build(event, context, raw)
         except HeaderError as err:

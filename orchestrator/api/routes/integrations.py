@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
+
 from worker_sdk.redact import Redactor
 
 from ...db.models import Integration, IntegrationActivity, IntegrationStats, utcnow
