@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ["startup"]
+SCENARIOS = ["startup", "pubsub"]
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ class PubSubSettings(ImageSettings):
     events: str = DEFAULT_EVENTS
     batch_max_messages: int = Field(500, ge=1, le=1000)
     batch_max_bytes: int = Field(1_000_000, ge=1000, le=10_000_000)
-    batch_max_latency_seconds: float = Field(0.01, ge=0, le=10)
+    batch_max_latency_seconds: float = Field(0.05, ge=0, le=10)
     subscriber_max_messages: int = Field(100, ge=1, le=10_000, description="Downlinks handled at once")
 
     @field_validator("credentials_json")

@@ -363,6 +363,23 @@ class Worker:
     async def _deliver(self, event: Event) -> None:
         ids: dict[str, Any] = {"device_id": event.device_id, "correlation_ids": event.correlation_ids}
         max_duration = self.worker.retry_max_duration_seconds
+        try:
+            # Most messages go through at once: no retry machinery on that path.
+            details = await self.handle(event)
+        except RetryableError:
+            pass  # the retry loop below starts with an immediate second attempt
+        except PermanentError as err:
+            self.counters.failed += 1
+            await self.report("error", err.message, **ids, **err.details)
+            return
+        except Exception as err:
+            log.exception("unexpected error handling %s", event.topic)
+            self.counters.failed += 1
+            await self.report("error", f"unexpected error: {err!r}", **ids)
+            return
+        else:
+            await self._delivered(event.name, ids, details)
+            return
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
             wait=self._retry_wait,
@@ -372,7 +389,7 @@ class Worker:
             reraise=True,
         )
         try:
-            details: dict[str, Any] | None = await retrying(self.handle, event)
+            details = await retrying(self.handle, event)
         except Interrupted:
             raise asyncio.CancelledError from None
         except RetryableError as err:
@@ -390,12 +407,15 @@ class Worker:
             self.counters.failed += 1
             await self.report("error", f"unexpected error: {err!r}", **ids)
             return
+        await self._delivered(event.name, ids, details)
+
+    async def _delivered(self, name: str, ids: dict[str, Any], details: dict[str, Any] | None) -> None:
         self.counters.delivered += 1
         self.counters.last_delivery_at = now_iso()
         now = time.monotonic()
         if now - self._last_delivery_event >= DELIVERY_EVENT_MIN_INTERVAL:
             self._last_delivery_event = now
-            await self.report("delivery", f"{event.name} delivered", **ids, **(details or {}))
+            await self.report("delivery", f"{name} delivered", **ids, **(details or {}))
 
     def _retry_wait(self, state: RetryCallState) -> float:
         base = wait_exponential_jitter(
