@@ -7,7 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from worker_sdk.messages import Eui, Identifier
+from worker_sdk.messages import Base64Str, Eui, Identifier
 
 from .handler.keys import SCOPES
 
@@ -193,3 +193,19 @@ class ActivityPublic(BaseModel):
     message: str
     details: dict[str, Any]
     at: datetime
+
+
+class IntegrationTest(Strict):
+    """A sample uplink to send through one integration (the console's TEST button)."""
+
+    device_id: Identifier | None = Field(None, description="Default: the application's first device")
+    f_port: int = Field(1, ge=1, le=223)
+    frm_payload: Base64Str = Field("AQID", description="base64")
+    decoded_payload: dict[str, Any] = Field(default_factory=lambda: {"temperature": 21.5, "humidity": 48})
+
+
+class TestOutcome(BaseModel):
+    outcome: Literal["delivered", "failed", "no answer"]
+    message: str
+    event: dict[str, Any] | None
+    uplink: dict[str, Any]

@@ -67,10 +67,19 @@ class EventHub:
         gap = after < self._evicted.get(app_id, 0) or after < self._boot_id
         return events, gap
 
-    async def listen(self, app_id: str, after: int | None) -> AsyncIterator[StreamEvent | None]:
-        """Buffered events after `after`, then live ones; yields None once if the listener lost events."""
+    def subscribe(self, app_id: str) -> asyncio.Queue[StreamEvent | None]:
+        """A queue that receives the application's new events until `unsubscribe`."""
         queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
         self._listeners.setdefault(app_id, set()).add(queue)
+        return queue
+
+    def unsubscribe(self, app_id: str, queue: asyncio.Queue[StreamEvent | None]) -> None:
+        """Stop feeding a queue."""
+        self._listeners.get(app_id, set()).discard(queue)
+
+    async def listen(self, app_id: str, after: int | None) -> AsyncIterator[StreamEvent | None]:
+        """Buffered events after `after`, then live ones; yields None once if the listener lost events."""
+        queue = self.subscribe(app_id)
         try:
             events, gap = self.backlog(app_id, after)
             if gap:
@@ -89,4 +98,4 @@ class EventHub:
                     last = item.id
                     yield item
         finally:
-            self._listeners[app_id].discard(queue)
+            self.unsubscribe(app_id, queue)

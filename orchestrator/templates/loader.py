@@ -67,6 +67,9 @@ def _cross_checks(template: IntegrationTemplate, path: Path) -> list[tuple[tuple
             except re.error as err:
                 problems.append(((*where, "pattern"), f"invalid regular expression: {err}"))
                 continue
+        if (spec.minimum is not None or spec.maximum is not None) and spec.type not in ("integer", "number"):
+            problems.append(((*where, "type"), "minimum and maximum need an integer or number field"))
+            continue
         if spec.secret and spec.default is not None:
             problems.append(((*where, "default"), "a secret field cannot have a default"))
         if spec.required and spec.default is not None:

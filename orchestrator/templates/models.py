@@ -30,6 +30,8 @@ class TemplateField(BaseModel):
     secret: bool = Field(False, description="Write-only: never returned, logged or labelled")
     enum: list[Scalar] | None = Field(None, min_length=1)
     pattern: str | None = None
+    minimum: float | None = Field(None, description="Smallest allowed value (integer and number fields)")
+    maximum: float | None = Field(None, description="Largest allowed value (integer and number fields)")
     env: str | None = Field(None, pattern=ENV_PATTERN, description="Environment variable it sets")
     placeholder: str | None = None
     advanced: bool = Field(False, description="Shown folded in the console")

@@ -22,6 +22,10 @@ def coerce(spec: TemplateField, value: Any) -> Any:
         raise FieldProblem("must be one of " + ", ".join(map(str, spec.enum)))
     if spec.pattern is not None and not re.fullmatch(spec.pattern, as_text(value)):
         raise FieldProblem(f"does not match the pattern {spec.pattern}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise FieldProblem(f"must be at least {as_text(spec.minimum)}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise FieldProblem(f"must be at most {as_text(spec.maximum)}")
     return value
 
 

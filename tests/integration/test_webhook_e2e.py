@@ -311,3 +311,21 @@ def test_crashed_worker_is_restarted_and_nothing_is_lost(orchestrator: RunningOr
     status = orchestrator.wait_state(APP, "hook", "running")["status"]
     assert status["restart_count"] == 1 and status["handle"]["pids"][0] != pid
     assert "exit" in (status["last_error"] or "")
+
+
+def test_test_button_reports_delivery_and_failure(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    setup_app(orchestrator, "dev-1")
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url + "/t"})
+    path = f"/api/v1/applications/{APP}/integrations/hook/test"
+    orchestrator.wait_state(APP, "hook", "running")
+    result = orchestrator.call("POST", path, 200, json={"decoded_payload": {"sample": 1}}).json()
+    assert result["outcome"] == "delivered" and result["event"]["details"]["request"]["url"] == sink.url + "/t"
+    received = wait_for(sink.accepted)[0].json()
+    assert received["uplink_message"]["decoded_payload"] == {"sample": 1}
+    assert received["end_device_ids"]["device_id"] == "dev-1"
+    sink.responder = lambda request: (400, {}, b"bad field temperature")
+    result = orchestrator.call("POST", path, 200, json={}).json()
+    assert result["outcome"] == "failed" and "HTTP 400: bad field temperature" in result["message"]
+    orchestrator.call("POST", f"/api/v1/applications/{APP}/integrations/hook/disable", 200)
+    refused = orchestrator.call("POST", path, 409, json={}).json()
+    assert "not running" in refused["detail"]

@@ -224,6 +224,8 @@ class Worker:
             self.mqtt.subscribe(topic_filter, self._on_message)
         # Every replica needs every registry change, so this one is never shared.
         self.mqtt.subscribe(topics.device_topic(self.app_id, "+", "events/+"), self._on_device_message)
+        # The console's TEST button: a sample uplink for this integration only.
+        self.mqtt.subscribe(topics.integration_topic(self.app_id, self.integration_id, "test"), self._on_test)
         if self.confirm_downlinks:
             for suffix in ("down/queued", "down/failed"):
                 self.mqtt.subscribe(topics.device_topic(self.app_id, "+", suffix), self._on_downlink_outcome)
@@ -326,6 +328,14 @@ class Worker:
         if name in self.events:
             await self._on_message(topic, payload)
 
+    async def _on_test(self, topic: str, payload: bytes) -> None:
+        try:
+            device_id = str(json.loads(payload)["end_device_ids"]["device_id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed test message")
+            return
+        await self._on_message(topics.device_topic(self.app_id, device_id, "up"), payload)
+
     async def _on_message(self, topic: str, payload: bytes) -> None:
         await self._ready.wait()
         if self._draining:
@@ -413,7 +423,8 @@ class Worker:
         self.counters.delivered += 1
         self.counters.last_delivery_at = now_iso()
         now = time.monotonic()
-        if now - self._last_delivery_event >= DELIVERY_EVENT_MIN_INTERVAL:
+        is_test = any(str(item).startswith("test:") for item in ids.get("correlation_ids", []))
+        if is_test or now - self._last_delivery_event >= DELIVERY_EVENT_MIN_INTERVAL:
             self._last_delivery_event = now
             await self.report("delivery", f"{name} delivered", **ids, **(details or {}))
 

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 from fastapi import APIRouter, Query, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from worker_sdk import topics
+from worker_sdk.messages import end_device_ids, now_iso
 from worker_sdk.redact import Redactor
 
 from ...db.models import Integration, IntegrationActivity, IntegrationStats, utcnow
-from ...errors import ValidationFailed
+from ...errors import ConflictError, ValidationFailed
 from ...handler import registry
 from ...integrations import service
-from ...schemas import ActivityPublic, IntegrationCreate, IntegrationPublic, IntegrationUpdate, ValidationResult
+from ...schemas import (
+    ActivityPublic,
+    IntegrationCreate,
+    IntegrationPublic,
+    IntegrationTest,
+    IntegrationUpdate,
+    TestOutcome,
+    ValidationResult,
+)
 from ..deps import OrchestratorDep, PrincipalDep
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/integrations", tags=["integrations"])
@@ -219,3 +233,70 @@ async def integration_stats(
             {"minute": b.minute, "delivered": b.delivered, "failed": b.failed, "retried": b.retried} for b in buckets
         ]
     }
+
+
+TEST_TIMEOUT_SECONDS = 20.0
+
+
+@router.post("/{integration_id}/test", response_model=TestOutcome)
+async def test_integration(
+    app_id: str, integration_id: str, orch: OrchestratorDep, who: PrincipalDep, body: IntegrationTest | None = None
+) -> TestOutcome:
+    """Send a sample uplink through this integration only, and report what happened (delivery or error)."""
+    who.require(app_id, "manage")
+    body = body or IntegrationTest()
+    record = await orch.handler.run_db(service.get_integration, app_id=app_id, integration_id=integration_id)
+    if not record.enabled or record.actual_state != "running":
+        raise ConflictError(f"integration {integration_id} is {record.actual_state}, not running; enable it first")
+    device_id = body.device_id
+    if device_id is None:
+        devices, _ = await orch.handler.run_db(registry.list_devices, app_id=app_id, limit=1, offset=0)
+        device_id = devices[0].device_id if devices else "test-device"
+    device = orch.handler.device(app_id, device_id) or {}
+    correlation_id = f"test:{uuid.uuid4().hex}"
+    received_at = now_iso()
+    uplink = {
+        "end_device_ids": end_device_ids(app_id, device_id, device.get("dev_eui"), device.get("join_eui")),
+        "correlation_ids": [correlation_id],
+        "received_at": received_at,
+        "uplink_message": {
+            "f_port": body.f_port,
+            "frm_payload": body.frm_payload,
+            "decoded_payload": body.decoded_payload,
+            "received_at": received_at,
+        },
+    }
+    queue = orch.hub.subscribe(app_id)  # listen before sending, so the answer cannot slip by
+    try:
+        await orch.handler.mqtt.publish(topics.integration_topic(app_id, integration_id, "test"), uplink)
+        answer = await _wait_for_answer(queue, integration_id, correlation_id)
+    finally:
+        orch.hub.unsubscribe(app_id, queue)
+    if answer is None:
+        return TestOutcome(
+            outcome="no answer",
+            message=f"no delivery or error within {TEST_TIMEOUT_SECONDS:.0f} s; "
+            "a target that keeps failing is still being retried: see the activity",
+            event=None,
+            uplink=uplink,
+        )
+    outcome = "delivered" if answer["event"] == "delivery" else "failed"
+    return TestOutcome(outcome=outcome, message=str(answer.get("message", "")), event=answer, uplink=uplink)
+
+
+async def _wait_for_answer(
+    queue: asyncio.Queue[Any], integration_id: str, correlation_id: str
+) -> dict[str, Any] | None:
+    """The integration's delivery or final error event for this correlation id (retries are skipped)."""
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT_SECONDS):
+            while True:
+                event = await queue.get()
+                if event is None or event.name not in ("integration.delivery", "integration.error"):
+                    continue
+                data = json.loads(event.data)
+                ids = (data.get("details") or {}).get("correlation_ids") or []
+                if data.get("integration_id") == integration_id and correlation_id in ids:
+                    return data
+    except TimeoutError:
+        return None

@@ -1,0 +1,153 @@
+// One application: its integrations (live status), its devices, and its live event stream.
+
+import { api, events } from "./api.js";
+import { onLeave } from "./app.js";
+import { flash, h, render, stateBadge, when } from "./ui.js";
+
+export async function applicationPage(appId, tab = "integrations") {
+  const application = await api("GET", `/applications/${appId}`);
+  const tabs = h("nav", { class: "tabs", "aria-label": "Application" },
+    ["integrations", "devices", "events"].map((name) => h("a", {
+      href: `#/apps/${appId}/${name}`, "aria-current": name === tab ? "page" : null,
+    }, name[0].toUpperCase() + name.slice(1))));
+  const body = h("section", {});
+  render(h("h1", {}, application.name || application.id, " ", h("span", { class: "muted small" }, application.id)), tabs, body);
+  if (tab === "devices") await devicesTab(appId, body);
+  else if (tab === "events") eventsTab(appId, body);
+  else await integrationsTab(appId, body);
+}
+
+async function integrationsTab(appId, body) {
+  const table = h("tbody", {});
+  const refresh = async () => {
+    const integrations = await api("GET", `/applications/${appId}/integrations`);
+    table.replaceChildren(...(integrations.length ? integrations.map((item) => h("tr", { "data-integration": item.id },
+      h("td", {}, h("a", { href: `#/apps/${appId}/integrations/${item.id}` }, item.name), h("div", { class: "muted small" }, item.id)),
+      h("td", {}, item.template_id),
+      h("td", {}, stateBadge(item.status.actual), item.enabled ? "" : h("div", { class: "muted small" }, "disabled")),
+      h("td", {}, `${item.counters.delivered} delivered`, h("div", { class: "muted small" },
+        `${item.counters.failed} failed · ${item.counters.retried} retried`)),
+      h("td", { class: "small" }, item.status.last_error ? h("span", { class: "error-text" }, item.status.last_error.slice(0, 120)) : "—"),
+    )) : [h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No integrations yet: add one from the gallery."))]));
+  };
+  await refresh();
+  const timer = setInterval(() => refresh().catch(() => {}), 2000);
+  onLeave(() => clearInterval(timer));
+  body.replaceChildren(
+    h("div", { class: "row spread" }, h("h2", {}, "Integrations"), h("a", { class: "button", href: `#/apps/${appId}/gallery` }, "Add integration")),
+    h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Integrations", "aria-live": "polite" },
+      h("thead", {}, h("tr", {}, ["Name", "Template", "State", "Deliveries", "Last error"].map((t) => h("th", { scope: "col" }, t)))),
+      table)),
+  );
+}
+
+function deviceForm(appId, device, done) {
+  const editing = Boolean(device);
+  const fields = {
+    device_id: h("input", { id: "dev-id", type: "text", required: true, value: device?.device_id, disabled: editing }),
+    name: h("input", { id: "dev-name", type: "text", value: device?.name }),
+    dev_eui: h("input", { id: "dev-eui", type: "text", value: device?.dev_eui, placeholder: "0004A30B001C0530" }),
+    attributes: h("textarea", { id: "dev-attributes", value: JSON.stringify(device?.attributes || {}, null, 1) }),
+  };
+  const error = h("p", { class: "error-text", role: "alert" });
+  return h("form", {
+    class: "card",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      let attributes;
+      try {
+        attributes = JSON.parse(fields.attributes.value || "{}");
+      } catch {
+        error.textContent = "Attributes must be a JSON object, like {\"room\": \"lab\"}.";
+        return;
+      }
+      const data = { name: fields.name.value, dev_eui: fields.dev_eui.value || null, attributes };
+      try {
+        if (editing) await api("PATCH", `/applications/${appId}/devices/${device.device_id}`, data);
+        else await api("POST", `/applications/${appId}/devices`, { device_id: fields.device_id.value.trim(), ...data });
+        flash(`Device ${editing ? device.device_id : fields.device_id.value} saved.`);
+        done();
+      } catch (err) {
+        error.textContent = err.errors.length ? err.errors.map((e) => `${e.field}: ${e.message}`).join("; ") : err.message;
+      }
+    },
+  },
+  h("h2", {}, editing ? `Edit ${device.device_id}` : "Add a device"),
+  h("div", { class: "grid" },
+    h("div", { class: "field" }, h("label", { for: "dev-id" }, "Device id"), fields.device_id),
+    h("div", { class: "field" }, h("label", { for: "dev-name" }, "Name"), fields.name),
+    h("div", { class: "field" }, h("label", { for: "dev-eui" }, "DevEUI"), fields.dev_eui)),
+  h("div", { class: "field" }, h("label", { for: "dev-attributes" }, "Attributes (JSON)"), fields.attributes),
+  error,
+  h("div", { class: "row" }, h("button", { type: "submit" }, "Save device"),
+    editing ? h("button", { type: "button", class: "secondary", onclick: done }, "Cancel") : null));
+}
+
+async function devicesTab(appId, body) {
+  const page = await api("GET", `/applications/${appId}/devices?limit=500`);
+  const reload = () => devicesTab(appId, body);
+  const formSlot = h("div", {}, deviceForm(appId, null, reload));
+  body.replaceChildren(
+    h("h2", {}, `Devices (${page.total})`),
+    h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Devices" },
+      h("thead", {}, h("tr", {}, ["Id", "Name", "DevEUI", "Attributes", ""].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, page.items.map((device) => h("tr", { "data-device": device.device_id },
+        h("td", {}, device.device_id), h("td", {}, device.name || "—"), h("td", {}, device.dev_eui || "—"),
+        h("td", { class: "small" }, Object.entries(device.attributes).map(([k, v]) => `${k}=${v}`).join(", ") || "—"),
+        h("td", {}, h("div", { class: "row" },
+          h("button", { type: "button", class: "secondary", onclick: () => formSlot.replaceChildren(deviceForm(appId, device, reload)) }, "Edit"),
+          h("button", {
+            type: "button", class: "danger",
+            onclick: async () => {
+              if (!confirm(`Delete device ${device.device_id}?`)) return;
+              await api("DELETE", `/applications/${appId}/devices/${device.device_id}`);
+              flash(`Device ${device.device_id} deleted.`);
+              reload();
+            },
+          }, "Delete")))))))),
+    formSlot,
+  );
+}
+
+function eventsTab(appId, body) {
+  const list = h("div", { "aria-live": "polite", "aria-label": "Events" });
+  const prefix = h("input", { id: "prefix", type: "text", placeholder: "uplink, downlink., device., integration." });
+  let controller = null;
+  const start = () => {
+    controller?.abort();
+    controller = new AbortController();
+    list.replaceChildren();
+    const query = `?replay=true&prefix=${encodeURIComponent(prefix.value.trim())}`;
+    (async () => {
+      for await (const event of events(`/applications/${appId}/events${query}`, controller.signal)) {
+        let data = event.data;
+        try { data = JSON.stringify(JSON.parse(event.data), null, 2); } catch { /* shown as is */ }
+        const summary = h("summary", {}, h("strong", {}, event.event), " ", h("span", { class: "muted small" }, describe(event)));
+        list.prepend(h("details", { class: "event-item", "data-event": event.event }, summary, h("pre", {}, data)));
+        while (list.children.length > 500) list.lastChild.remove();
+      }
+    })();
+  };
+  onLeave(() => controller?.abort());
+  body.replaceChildren(
+    h("h2", {}, "Live events"),
+    h("form", { class: "row", onsubmit: (event) => { event.preventDefault(); start(); } },
+      h("label", { for: "prefix" }, "Filter by name prefix"), prefix, h("button", { type: "submit" }, "Apply")),
+    h("p", { class: "muted small" }, "The stream resumes where it left off after a network drop (Last-Event-ID)."),
+    h("div", { class: "card" }, list),
+  );
+  start();
+}
+
+function describe(event) {
+  try {
+    const data = JSON.parse(event.data);
+    const device = data.end_device_ids?.device_id;
+    const integration = data.integration_id;
+    const at = data.received_at || data.time;
+    return [device && `device ${device}`, integration && `integration ${integration}`, data.message, at && new Date(at).toLocaleTimeString()]
+      .filter(Boolean).join(" · ");
+  } catch {
+    return "";
+  }
+}

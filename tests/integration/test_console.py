@@ -1,0 +1,164 @@
+"""The web console in a real browser (Debian's Chromium driven by Playwright) against a real orchestrator."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from orchestrator.config import PROJECT_ROOT
+from tests.support.orchestrator import RunningOrchestrator
+from tests.support.sink import HttpSink, ok_json
+from tests.support.waiting import wait_for
+
+SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium from Debian. Missing is a failure: scripts/test installs it."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.fail("Chromium is not installed; ./scripts/test installs the Debian package")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    opened = context.new_page()
+    opened.set_default_timeout(20_000)
+    yield opened
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def tab(page: Page, name: str) -> Locator:
+    return page.get_by_role("navigation", name="Application").get_by_role("link", name=name)
+
+
+def sign_in(page: Page, orch: RunningOrchestrator) -> None:
+    page.goto(orch.url + "/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("API token").fill("wrong-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("not valid")
+    page.get_by_label("API token").fill(orch.token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Applications")).to_be_visible()
+
+
+def test_user_adds_tests_watches_and_removes_a_webhook(
+    page: Page, orchestrator: RunningOrchestrator, sink: HttpSink
+) -> None:
+    sink.responder = ok_json({"ok": True})
+    sign_in(page, orchestrator)
+    page.get_by_label("Id").fill("greenhouse")
+    page.get_by_label("Name").fill("Greenhouse")
+    page.get_by_role("button", name="Create application").click()
+    expect(page.get_by_role("heading", name="Greenhouse")).to_be_visible()
+
+    # A device, through the devices tab.
+    tab(page, "Devices").click()
+    page.get_by_label("Device id").fill("sensor-1")
+    page.get_by_label("Attributes (JSON)").fill('{"bed": "north"}')
+    page.get_by_role("button", name="Save device").click()
+    expect(page.locator("[data-device=sensor-1]")).to_contain_text("bed=north")
+    shot(page, "console-devices")
+
+    # The gallery and the generated form; invalid input shows errors next to each field.
+    tab(page, "Integrations").click()
+    page.get_by_role("link", name="Add integration").click()
+    expect(page.locator("[data-template=influxdb-v2]")).to_be_visible()
+    shot(page, "console-gallery")
+    page.get_by_role("link", name="Use HTTP webhook").click()
+    expect(page.get_by_label("Method")).to_have_value("POST")  # defaults filled
+    expect(page.locator("#field-auth_token")).to_have_attribute("type", "password")  # secret masked
+    page.locator("summary", has_text="Advanced settings").click()
+    page.locator("#field-timeout_seconds").fill("-3")
+    page.get_by_role("button", name="Create integration").click()
+    expect(page.locator("#field-url-error")).to_contain_text("URL is required")
+    expect(page.locator("#field-url")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#field-timeout_seconds-error")).to_contain_text("at least 0.1")
+    shot(page, "console-form-errors")
+
+    page.locator("#field-timeout_seconds").fill("10")
+    page.get_by_label("Id").fill("to-sink")
+    page.locator("#field-url").fill(sink.url + "/in/{{device_id}}?bed={{device.attributes.bed}}")
+    page.locator("#field-auth_token").fill("tok-very-secret-42")
+    page.get_by_role("button", name="Create integration").click()
+
+    # The detail page: live state, TEST, counters, activity, logs.
+    expect(page.locator("[data-state=running]").first).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Test").click()
+    expect(page.locator("[data-test-outcome=delivered]")).to_contain_text("HTTP 200", timeout=30_000)
+    received = wait_for(sink.accepted, what="the test request")[0]
+    assert received.path == "/in/sensor-1" and received.query == {"bed": ["north"]}
+    assert received.headers["authorization"] == "Bearer tok-very-secret-42"
+    expect(page.locator("[data-counter=delivered]")).to_have_text("1", timeout=15_000)
+    expect(page.locator("[data-kind=delivery]").first).to_be_visible(timeout=15_000)
+    expect(page.get_by_role("log")).to_contain_text("integration to-sink running")
+    shot(page, "console-integration")
+    assert "tok-very-secret-42" not in page.content()
+    expect(page.locator("dd", has_text="(secret, set)")).to_be_visible()
+
+    # Editing never shows the secret; leaving it empty keeps it.
+    page.get_by_role("link", name="Edit").click()
+    expect(page.locator("#field-auth_token")).to_have_value("")
+    assert "tok-very-secret-42" not in page.content()
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("[data-state=running]").first).to_be_visible(timeout=30_000)
+    assert orchestrator.integration("greenhouse", "to-sink")["secrets_set"] == ["auth_token"]
+
+    # Live events of the application.
+    page.get_by_role("link", name="← greenhouse").click()
+    tab(page, "Events").click()
+    expect(page.locator("[data-event='integration.delivery']").first).to_be_visible()
+    shot(page, "console-events")
+
+    # Disable, then delete with confirmation.
+    tab(page, "Integrations").click()
+    expect(page.locator("[data-integration=to-sink]")).to_contain_text("running")
+    shot(page, "console-integrations")
+    page.get_by_role("link", name="HTTP webhook").click()
+    page.get_by_role("button", name="Disable").click()
+    expect(page.locator("[data-state=stopped]").first).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete").click()
+    expect(page.get_by_text("No integrations yet")).to_be_visible()
+    orchestrator.call("GET", "/api/v1/applications/greenhouse/integrations/to-sink", 404)
+
+
+def test_console_fits_a_phone(browser: Browser, orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application("pocket")
+    orchestrator.create_device("pocket", "tracker-1")
+    orchestrator.create_integration(
+        "pocket", id="to-nowhere", template_id="webhook", config={"url": "http://127.0.0.1:9/none"}
+    )
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    phone = context.new_page()
+    sign_in(phone, orchestrator)
+    phone.goto(orchestrator.url + "/#/apps/pocket")
+    expect(phone.locator("[data-integration=to-nowhere]")).to_be_visible()
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width} px wide on a 390 px screen"
+    shot(phone, "console-phone")
+    context.close()
