@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ["startup", "pubsub"]
+SCENARIOS = ["webhook", "startup", "control_plane", "pubsub"]
 
 
 def main() -> None:

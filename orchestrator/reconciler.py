@@ -71,6 +71,8 @@ class Reconciler:
         self._restart: set[str] = set()
         self._runtime_restarts: dict[str, int] = {}  # restarts the runtime did on its own (Docker policy)
         self._task: asyncio.Task[None] | None = None
+        self.passes = 0
+        self.last_pass_seconds: float | None = None
 
     def start(self) -> None:
         """Run the loop in the background."""
@@ -105,6 +107,7 @@ class Reconciler:
 
     async def reconcile_all(self) -> None:
         """One pass: remove workers of deleted integrations, then reconcile every integration."""
+        started = time.monotonic()
         # Workers first: a worker listed here had its record created before the query below.
         workers = await self.runtime.list_workers()
         records = await self.handler.run_db(lambda session: service.list_integrations(session))
@@ -117,6 +120,8 @@ class Reconciler:
                 await self.reconcile(record)
             except Exception:
                 log.exception("could not reconcile %s", record.runtime_name)
+        self.passes += 1
+        self.last_pass_seconds = time.monotonic() - started
 
     async def reconcile_one(self, app_id: str, integration_id: str) -> None:
         """Reconcile one integration now (after an API change)."""

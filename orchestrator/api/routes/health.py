@@ -21,5 +21,6 @@ async def health(orch: OrchestratorDep) -> JSONResponse:
         "broker": "connected" if connected else "disconnected",
         "runtime": orch.runtime.name,
         "templates": len(orch.templates.templates),
+        "reconciler": {"passes": orch.reconciler.passes, "last_pass_seconds": orch.reconciler.last_pass_seconds},
     }
     return JSONResponse(body, status_code=200 if connected else 503)

@@ -1,0 +1,150 @@
+"""Control plane: 500 integrations on the process runtime (an idle no-op worker each): time to create them,
+time to reconcile all after an orchestrator crash and restart (adopting every worker), and API latency
+p50/p99 under concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import percentile, save
+from orchestrator.config import PROJECT_ROOT
+from tests.support.orchestrator import RunningOrchestrator
+from tests.support.waiting import wait_for
+
+APP = "fleet"
+COUNT = 500
+REQUESTS = 2000
+CONCURRENCY = 32
+
+NOOP_TEMPLATE = """\
+id: bench-noop
+name: Idle worker (benchmarks)
+description: Does nothing until stopped.
+version: 1.0.0
+image:
+  repository: iot-orchestrator/noop
+  tag: 0.1.0
+  python_module: worker_sdk.noop
+resources:
+  memory_mb: 32
+  cpus: 0.1
+"""
+
+
+def _ms(samples: list[float]) -> dict[str, float]:
+    return {"p50": round(percentile(samples, 0.5) * 1000, 1), "p99": round(percentile(samples, 0.99) * 1000, 1)}
+
+
+async def _api_latency(orch: RunningOrchestrator) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {orch.token}"}
+    samples: dict[str, list[float]] = {"get_integration": [], "list_devices": [], "list_integrations": []}
+    async with httpx.AsyncClient(base_url=orch.url, headers=headers, timeout=60) as client:
+
+        async def one(n: int) -> None:
+            if n % 10 == 0:
+                kind, path = "list_integrations", f"/api/v1/applications/{APP}/integrations"
+            elif n % 2:
+                kind, path = (
+                    "get_integration",
+                    f"/api/v1/applications/{APP}/integrations/noop-{random.randrange(COUNT)}",
+                )
+            else:
+                kind, path = "list_devices", f"/api/v1/applications/{APP}/devices?limit=100"
+            started = time.perf_counter()
+            response = await client.get(path)
+            response.raise_for_status()
+            samples[kind].append(time.perf_counter() - started)
+
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def limited(n: int) -> None:
+            async with semaphore:
+                await one(n)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(limited(n) for n in range(REQUESTS)))
+        elapsed = time.perf_counter() - started
+    return {
+        "requests": REQUESTS,
+        "concurrency": CONCURRENCY,
+        "requests_per_s": round(REQUESTS / elapsed),
+        **{kind: _ms(values) for kind, values in samples.items()},
+    }
+
+
+def _pids(orch: RunningOrchestrator) -> dict[str, list[int]]:
+    items = orch.call("GET", f"/api/v1/applications/{APP}/integrations", 200).json()
+    return {item["id"]: (item["status"]["handle"] or {}).get("pids", []) for item in items}
+
+
+def run() -> dict[str, Any]:
+    """Measure; returns the results (also saved under bench/results/)."""
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with tempfile.TemporaryDirectory() as tmp:
+        templates = Path(tmp) / "templates"
+        shutil.copytree(PROJECT_ROOT / "integration_templates", templates)
+        (templates / "bench-noop.yaml").write_text(NOOP_TEMPLATE)
+        orch = RunningOrchestrator(
+            Path(tmp) / "o",
+            ORCH_BROKER__MOSQUITTO_BINARY=mosquitto,
+            ORCH_RUNTIME__KIND="process",
+            ORCH_TEMPLATES_DIR=str(templates),
+            ORCH_LOG_LEVEL="WARNING",
+        ).start()
+        try:
+            orch.create_application(APP)
+            for n in range(100):
+                orch.create_device(APP, f"dev-{n}")
+            create_samples = []
+            started = time.perf_counter()
+            for n in range(COUNT):
+                began = time.perf_counter()
+                orch.create_integration(APP, id=f"noop-{n}", template_id="bench-noop", config={})
+                create_samples.append(time.perf_counter() - began)
+            created_in = time.perf_counter() - started
+            before = wait_for(lambda: (p := _pids(orch)) and all(p.values()) and p, 120, what="every worker started")
+            latency = asyncio.run(_api_latency(orch))
+
+            orch.stop(signal.SIGKILL)  # a crash: the workers keep running
+            restarted = time.perf_counter()
+            orch.start(timeout=120)
+            health = wait_for(
+                lambda: (h := httpx.get(f"{orch.url}/healthz").json())["reconciler"]["passes"] >= 1 and h,
+                120,
+                interval=0.05,
+                what="the first reconcile pass",
+            )
+            reconciled_in = time.perf_counter() - restarted
+            after = _pids(orch)
+            adopted = sum(1 for name, pids in before.items() if after.get(name) == pids)
+        finally:
+            orch.stop(timeout=300)
+    result = {
+        "integrations": COUNT,
+        "create_all_s": round(created_in, 1),
+        "create_one_ms": _ms(create_samples),
+        "restart_to_first_pass_done_s": round(reconciled_in, 2),
+        "first_pass_s": round(health["reconciler"]["last_pass_seconds"], 2),
+        "adopted": adopted,
+        "api": latency,
+    }
+    path = save("control_plane", result)
+    print(
+        f"control plane: {COUNT} integrations created in {created_in:.1f} s; after a crash, restart to all "
+        f"reconciled {reconciled_in:.2f} s (pass {result['first_pass_s']} s), {adopted}/{COUNT} adopted; "
+        f"API {latency['requests_per_s']} req/s, get p50/p99 {latency['get_integration']} ms -> {path}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    run()
