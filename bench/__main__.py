@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ["webhook", "startup", "control_plane", "pubsub"]
+SCENARIOS = ["webhook", "scale_out", "startup", "control_plane", "pubsub"]
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 POST /ingest  any body; a JSON body with uplink_message.decoded_payload.sent (time.monotonic() when the
               publisher sent it) yields a latency sample (CLOCK_MONOTONIC is shared by processes).
-GET  /stats   {"count", "first", "last", "latencies"}; POST /reset clears.
+GET  /stats   {"count", "first", "last", "latencies", "duplicates"}; POST /reset clears.
 """
 
 from __future__ import annotations
@@ -16,8 +16,12 @@ from aiohttp import web
 state: dict[str, object] = {}
 
 
+seen: set[int] = set()
+
+
 def reset() -> None:
-    state.update(count=0, first=0.0, last=0.0, latencies=[])
+    seen.clear()
+    state.update(count=0, first=0.0, last=0.0, latencies=[], duplicates=0)
 
 
 async def ingest(request: web.Request) -> web.Response:
@@ -29,8 +33,11 @@ async def ingest(request: web.Request) -> web.Response:
         state["first"] = now
     state["last"] = now
     try:
-        sent = json.loads(body)["uplink_message"]["decoded_payload"]["sent"]
-        state["latencies"].append(now - float(sent))  # type: ignore[attr-defined]
+        decoded = json.loads(body)["uplink_message"]["decoded_payload"]
+        state["latencies"].append(now - float(decoded["sent"]))  # type: ignore[attr-defined]
+        if decoded["n"] in seen:
+            state["duplicates"] = int(state["duplicates"]) + 1  # type: ignore[call-overload]
+        seen.add(decoded["n"])
     except (ValueError, KeyError, TypeError):
         pass
     return web.Response(status=204)

@@ -18,11 +18,12 @@ from .handler.core import Handler
 from .integrations import service
 from .integrations.recorder import IntegrationRecorder
 from .integrations.secrets import SecretBox
-from .runtime.base import Runtime, WorkerSpec, WorkerState, WorkerStatus
+from .runtime.base import MISSING, Runtime, WorkerSpec, WorkerState, WorkerStatus
 from .templates import TemplateRegistry
 
 log = logging.getLogger(__name__)
 NOT_CONNECTED_WARNING_SECONDS = 30.0
+FULL_PASS_EVERY = 12  # with the default 5 s interval: a close look at everything once a minute
 
 
 @dataclass
@@ -115,13 +116,34 @@ class Reconciler:
         for name in workers.keys() - names:
             log.info("removing %s: its integration no longer exists", name)
             await self.runtime.stop(name)
+        # Every pass checks running integrations cheaply; every FULL_PASS_EVERY-th looks at each closely.
+        full = self.passes % FULL_PASS_EVERY == 0
         for record in records:
+            if not full and self._steady(record, workers.get(record.runtime_name, MISSING)):
+                continue
             try:
                 await self.reconcile(record)
             except Exception:
                 log.exception("could not reconcile %s", record.runtime_name)
         self.passes += 1
         self.last_pass_seconds = time.monotonic() - started
+
+    def _steady(self, record: Integration, status: WorkerStatus) -> bool:
+        """True when nothing can have changed for this integration since its last recorded state."""
+        name = record.runtime_name
+        if name in self._restart:
+            return False
+        if not record.enabled:
+            return status.state == WorkerState.MISSING and record.actual_state == "stopped"
+        template = self.templates.templates.get(record.template_id)
+        if template is None or template.version != record.template_version or status.state != WorkerState.RUNNING:
+            return False
+        if status.config_hash != record.config_hash:
+            return False
+        if int(status.handle.get("restarts", 0)) != self._runtime_restarts.get(name, -1):
+            return False
+        ready = self.recorder.ready(record.application_id, record.id, record.replicas)
+        return record.actual_state == ("running" if ready else "starting")
 
     async def reconcile_one(self, app_id: str, integration_id: str) -> None:
         """Reconcile one integration now (after an API change)."""

@@ -50,6 +50,13 @@ class ProcessRuntime(Runtime):
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         for sub in ("run", "logs", "work"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
+        # The records on disk (for adoption after a crash), read once; this process keeps them current.
+        self._records: dict[str, dict[str, Any]] = {}
+        for path in (directory / "run").glob("*.json"):
+            try:
+                self._records[path.stem] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                log.warning("ignoring unreadable worker record %s", path)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -60,10 +67,7 @@ class ProcessRuntime(Runtime):
         return self.directory / "logs" / f"{name}.{replica}.log"
 
     def _read_record(self, name: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self._record_path(name).read_text())
-        except (OSError, ValueError):
-            return None
+        return self._records.get(name)
 
     # -- contract ------------------------------------------------------------------------------
 
@@ -118,6 +122,7 @@ class ProcessRuntime(Runtime):
             "replicas": replicas,
         }
         self._record_path(spec.name).write_text(json.dumps(record))
+        self._records[spec.name] = record
         log.info("started %s: %s", spec.name, ", ".join(str(item["pid"]) for item in replicas))
         return {"pids": [item["pid"] for item in replicas]}
 
@@ -141,6 +146,7 @@ class ProcessRuntime(Runtime):
             if process is not None:
                 process.wait(timeout=5)
         self._record_path(name).unlink(missing_ok=True)
+        self._records.pop(name, None)
 
     async def status(self, name: str) -> WorkerStatus:
         """RUNNING while every replica's process lives; FAILED with exit code and last lines otherwise."""
@@ -203,8 +209,7 @@ class ProcessRuntime(Runtime):
 
     async def list_workers(self) -> dict[str, WorkerStatus]:
         """Workers recorded on disk, including those a previous orchestrator started."""
-        names = [path.stem for path in (self.directory / "run").glob("*.json")]
-        return {name: await self.status(name) for name in names}
+        return {name: await self.status(name) for name in list(self._records)}
 
     async def close(self) -> None:
         """Stop every worker this runtime knows: process workers live and die with the orchestrator."""

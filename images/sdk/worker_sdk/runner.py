@@ -8,6 +8,7 @@ import signal
 import sys
 from typing import Any
 
+import uvloop
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
@@ -97,4 +98,6 @@ def run_worker(worker_class: type[Worker]) -> None:
         for problem in problems:
             log.error("invalid configuration: %s", problem)
         sys.exit(EXIT_BAD_CONFIGURATION)
-    sys.exit(asyncio.run(_main(worker_class, handler, worker_settings)))
+    # uvloop's event loop moves messages and HTTP requests markedly faster than asyncio's own.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        sys.exit(runner.run(_main(worker_class, handler, worker_settings)))

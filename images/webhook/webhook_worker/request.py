@@ -79,6 +79,12 @@ class RequestBuilder:
         elif token:
             self.auth_header = (settings.auth_header, f"{settings.auth_scheme} {token}".strip())
 
+    @property
+    def needs_context(self) -> bool:
+        """False when nothing is templated: the event is then forwarded without building variables."""
+        templates = [self.url, *self.headers.values(), *self.query.values()]
+        return any(not t.constant for t in templates) or self.body_json is not None or self.body_raw is not None
+
     def build(self, event: Event, context: dict[str, Any], raw_message: bytes) -> OutgoingRequest:
         """Render the request for one event."""
         url = self.url.render(context)

@@ -26,7 +26,7 @@ def excerpt(data: bytes | str | None) -> str:
     """The start of a body, for events and logs."""
     if data is None:
         return ""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    text = data[: EXCERPT_CHARS + 1].decode("utf-8", "replace") if isinstance(data, bytes) else data
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
 
 
@@ -56,6 +56,7 @@ class WebhookWorker(Worker):
         try:
             self.builder = RequestBuilder(self.settings)
             self.response_template = Template(self.settings.response_template, "WEBHOOK_RESPONSE_TEMPLATE")
+            self.needs_context = self.builder.needs_context or bool(self.settings.response_template)
         except TemplateError as err:
             raise ConfigurationError([str(err)]) from err
 
@@ -77,7 +78,8 @@ class WebhookWorker(Worker):
 
     async def handle(self, event: Event) -> dict[str, Any] | None:
         """Deliver one event; 5xx, 429 and connection errors are retried, other 4xx are not."""
-        context = build_context(event, self.integration_id)
+        # Building template variables costs more than forwarding the message: skip it when unused.
+        context = build_context(event, self.integration_id) if self.needs_context else {}
         raw = event.raw or json.dumps(event.payload, separators=(",", ":")).encode()
         try:
             request = self.builder.build(event, context, raw)

@@ -1,0 +1,1 @@
+"""The Azure IoT Hub integration image."""
