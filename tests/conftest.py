@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support.iothub import HUB_HOST, POLICY, HubBroker, RegistryContractDouble, TwinResponder, make_certificates
 from tests.support.orchestrator import RunningOrchestrator
 from tests.support.pubsub import PubSubEmulator, find_launcher
 from tests.support.sink import HttpSink
@@ -61,3 +65,39 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubSub
     emulator = PubSubEmulator(launcher, tmp_path_factory.mktemp("pubsub"))
     yield emulator
     emulator.stop()
+
+
+@dataclass
+class IotHub:
+    """The IoT Hub stand-ins: TLS Mosquitto on 8883, the registry contract double, the twin responder."""
+
+    ca: Path
+    registry: RegistryContractDouble
+    twins: TwinResponder
+    policy_key: str
+
+    def integration_config(self, **extra: object) -> dict[str, object]:
+        """Field values for the azure-iot-hub template pointing at these stand-ins."""
+        return {
+            "hub_hostname": HUB_HOST,
+            "policy_name": POLICY,
+            "policy_key": self.policy_key,
+            "registry_url": self.registry.url,
+            "ca_pem": self.ca.read_text(),
+            **extra,
+        }
+
+
+@pytest.fixture(scope="session")
+def iothub(tmp_path_factory: pytest.TempPathFactory, mosquitto: str) -> Iterator[IotHub]:
+    """IoT Hub for tests: no emulator exists, so a real TLS broker plus named contract doubles."""
+    directory = tmp_path_factory.mktemp("iothub")
+    ca, cert, key = make_certificates(directory)
+    broker = HubBroker(mosquitto, directory, ca, cert, key)
+    policy_key = base64.b64encode(os.urandom(32)).decode()
+    registry = RegistryContractDouble(policy_key, cert, key)
+    twins = TwinResponder(ca, registry)
+    yield IotHub(ca, registry, twins, policy_key)
+    twins.stop()
+    registry.stop()
+    broker.stop()

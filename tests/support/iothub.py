@@ -47,27 +47,52 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test hub CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
-          .not_valid_after(now + timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HUB_HOST)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(HUB_HOST),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HUB_HOST)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(HUB_HOST), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = (directory / "ca.pem", directory / "server.pem", directory / "server.key")
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     paths[2].chmod(0o644)  # Mosquitto may read it as another user
     return paths
 
@@ -80,10 +105,21 @@ class HubBroker:
             if probe.connect_ex(("127.0.0.1", MQTT_PORT)) == 0:
                 raise RuntimeError(f"port {MQTT_PORT} is taken; the IoT Hub tests need it (the SDK's fixed port)")
         conf = directory / "hub-mosquitto.conf"
-        conf.write_text("\n".join([
-            "per_listener_settings false", "allow_anonymous true", f"listener {MQTT_PORT} 127.0.0.1",
-            f"cafile {ca}", f"certfile {cert}", f"keyfile {key}", "user root", "persistence false", "",
-        ]))
+        conf.write_text(
+            "\n".join(
+                [
+                    "per_listener_settings false",
+                    "allow_anonymous true",
+                    f"listener {MQTT_PORT} 127.0.0.1",
+                    f"cafile {ca}",
+                    f"certfile {cert}",
+                    f"keyfile {key}",
+                    "user root",
+                    "persistence false",
+                    "",
+                ]
+            )
+        )
         self.log = (directory / "hub-mosquitto.log").open("wb")
         self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
@@ -129,8 +165,11 @@ class TwinResponder:
         rid = (query.get("$rid") or [""])[0]
         twin = self.registry.twin(self.twin_device) if self.twin_device else None
         if message.topic.startswith("$iothub/twin/GET/"):
-            body = {"desired": twin["properties"]["desired"], "reported": twin["properties"]["reported"]} if twin \
+            body = (
+                {"desired": twin["properties"]["desired"], "reported": twin["properties"]["reported"]}
+                if twin
                 else {"desired": {"$version": 1}, "reported": {"$version": 1}}
+            )
             self.client.publish(f"$iothub/twin/res/200/?$rid={rid}", json.dumps(body))
             return
         version = 1
@@ -208,11 +247,16 @@ class RegistryContractDouble:
     def _serve(self, context: ssl.SSLContext, ready: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application(middlewares=[self._middleware])
-        app.add_routes([
-            web.put("/devices/{id}", self._put_device), web.get("/devices/{id}", self._get_device),
-            web.delete("/devices/{id}", self._delete_device), web.post("/devices/query", self._query),
-            web.get("/twins/{id}", self._get_twin), web.patch("/twins/{id}", self._patch_twin),
-        ])
+        app.add_routes(
+            [
+                web.put("/devices/{id}", self._put_device),
+                web.get("/devices/{id}", self._get_device),
+                web.delete("/devices/{id}", self._delete_device),
+                web.post("/devices/query", self._query),
+                web.get("/twins/{id}", self._get_twin),
+                web.patch("/twins/{id}", self._patch_twin),
+            ]
+        )
         runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(runner.setup())
         self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=context).start())
@@ -229,8 +273,9 @@ class RegistryContractDouble:
             return web.json_response({"Message": f"ErrorCode:IotHubUnauthorizedAccess;{problem}"}, status=401)
         if self.throttle_next > 0:
             self.throttle_next -= 1
-            return web.json_response({"Message": "ErrorCode:ThrottlingException"}, status=429,
-                                     headers={"Retry-After": "1"})
+            return web.json_response(
+                {"Message": "ErrorCode:ThrottlingException"}, status=429, headers={"Retry-After": "1"}
+            )
         result: web.StreamResponse = await handler(request)
         return result
 
@@ -241,11 +286,24 @@ class RegistryContractDouble:
             if device_id in self.devices and "If-Match" not in request.headers:
                 return web.json_response({"Message": "ErrorCode:DeviceAlreadyExists"}, status=409)
             etag = base64.b64encode(uuid.uuid4().bytes).decode()
-            device = {**body, "deviceId": device_id, "etag": etag, "generationId": uuid.uuid4().hex,
-                      "status": body.get("status", "enabled")}
+            device = {
+                **body,
+                "deviceId": device_id,
+                "etag": etag,
+                "generationId": uuid.uuid4().hex,
+                "status": body.get("status", "enabled"),
+            }
             self.devices[device_id] = device
-            self.twins.setdefault(device_id, {"deviceId": device_id, "etag": etag, "version": 1, "tags": {},
-                                              "properties": {"desired": {"$version": 1}, "reported": {"$version": 1}}})
+            self.twins.setdefault(
+                device_id,
+                {
+                    "deviceId": device_id,
+                    "etag": etag,
+                    "version": 1,
+                    "tags": {},
+                    "properties": {"desired": {"$version": 1}, "reported": {"$version": 1}},
+                },
+            )
         return web.json_response(device)
 
     async def _get_device(self, request: web.Request) -> web.Response:
@@ -272,7 +330,7 @@ class RegistryContractDouble:
         start = int(request.headers.get("x-ms-continuation", "0") or 0)
         with self.lock:
             twins = [self.twins[key] for key in sorted(self.twins)]
-        page = twins[start:start + size]
+        page = twins[start : start + size]
         headers = {"x-ms-continuation": str(start + size)} if start + size < len(twins) else {}
         return web.json_response(page, headers=headers)
 

@@ -33,7 +33,8 @@ class AzureSettings(ImageSettings):
     token_ttl_seconds: int = Field(3600, ge=300, le=86_400)
     downlink_f_port: int = Field(1, ge=1, le=223, description="FPort of downlinks that do not name one")
     registry_url: str = Field("", description="Registry REST base URL; default https://<hub host name>")
-    ca_file: str = Field("", description="Extra CA (PEM) trusted for the hub's MQTT and HTTPS")
+    ca_file: str = Field("", description="Extra CA file (PEM) trusted for the hub's MQTT and HTTPS")
+    ca_pem: str = Field("", description="The same, as PEM text (containers have no files of ours)")
     api_version: str = "2021-04-12"
 
     @field_validator("policy_key")

@@ -12,9 +12,11 @@ from urllib.parse import quote
 import aiohttp
 from azure.iot.device.common.auth.sastoken import RenewableSasToken
 from azure.iot.device.common.auth.signing_mechanism import SymmetricKeySigningMechanism
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 1000
+RETRIES = 5
 
 
 class HubError(Exception):
@@ -69,6 +71,15 @@ class HubRegistry:
 
     async def _request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """One registry call; throttling (429), 5xx and connection errors are retried with back-off."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_transient), wait=_wait, stop=stop_after_attempt(RETRIES), reraise=True
+        )
+        return await retrying(self._request_once, method, path, body, headers)
+
+    async def _request_once(
+        self, method: str, path: str, body: Any, headers: dict[str, str] | None
     ) -> tuple[int, Any, dict[str, str]]:
         url = f"{self.base_url}{path}{'&' if '?' in path else '?'}api-version={self.api_version}"
         all_headers = {"Authorization": self._authorization(), **(headers or {})}
@@ -169,3 +180,13 @@ def _message(data: Any) -> str:
 def _check(status: int, data: Any, what: str) -> None:
     if status >= 400:
         raise HubError(f"{what} failed: HTTP {status}: {_message(data)}", status)
+
+
+def _transient(error: BaseException) -> bool:
+    return isinstance(error, HubError) and (error.status is None or error.status == 429 or error.status >= 500)
+
+
+def _wait(state: RetryCallState) -> float:
+    error = state.outcome.exception() if state.outcome else None
+    retry_after = getattr(error, "retry_after", None) or 0.0
+    return float(max(wait_exponential_jitter(initial=0.5, max=20)(state), min(retry_after, 30.0)))

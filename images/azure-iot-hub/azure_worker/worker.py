@@ -42,7 +42,7 @@ class AzureWorker(Worker):
 
     def configure(self) -> None:
         """Read the CA file (when given) and build the TLS context for the registry."""
-        self.ca_pem: str | None = None
+        self.ca_pem: str | None = self.settings.ca_pem.strip() or None
         if self.settings.ca_file:
             try:
                 self.ca_pem = Path(self.settings.ca_file).read_text()
@@ -149,6 +149,7 @@ class AzureWorker(Worker):
     # -- device connections ----------------------------------------------------------------------
 
     async def _open(self, hub_id: str) -> IoTHubDeviceClient:
+        loop = asyncio.get_running_loop()
         token = sas_token(
             f"{self.settings.hub_hostname}/devices/{hub_id}",
             self.key,
@@ -159,11 +160,12 @@ class AzureWorker(Worker):
         options: dict[str, Any] = {"server_verification_cert": self.ca_pem, "keep_alive": 120}
         client = IoTHubDeviceClient.create_from_sastoken(str(token), **options)
 
-        async def on_c2d(message: Message) -> None:
-            await self._c2d(hub_id, message)
+        # The SDK calls handlers on its own threads: hand the work back to our event loop.
+        def on_c2d(message: Message) -> None:
+            asyncio.run_coroutine_threadsafe(self._c2d(hub_id, message), loop)
 
-        async def on_desired(patch: dict[str, Any]) -> None:
-            await self._desired(hub_id, client, patch)
+        def on_desired(patch: dict[str, Any]) -> None:
+            asyncio.run_coroutine_threadsafe(self._desired(hub_id, client, patch), loop)
 
         client.on_message_received = on_c2d
         client.on_twin_desired_properties_patch_received = on_desired
