@@ -19,7 +19,7 @@ from tests.support.orchestrator import RunningOrchestrator
 from tests.support.waiting import wait_for
 
 APP = "fleet"
-DEVICES = 1000
+DEVICES = int(os.environ.get("BENCH_AZURE_DEVICES", "1000"))
 
 
 def _hub_connections(pid: int) -> int:
@@ -129,7 +129,8 @@ def run() -> dict[str, Any]:
         registry = RegistryContractDouble(policy_key, cert, key)
         hub = {"ca": ca, "key": policy_key, "registry": registry}
         try:
-            results = [_run(100, hub, mosquitto), _run(DEVICES, hub, mosquitto)]
+            limits = [int(x) for x in os.environ.get("BENCH_AZURE_POOLS", f"100,{DEVICES}").split(",")]
+            results = [_run(limit, hub, mosquitto) for limit in limits]
         finally:
             registry.stop()
             broker.stop()

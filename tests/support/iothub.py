@@ -249,6 +249,7 @@ class RegistryContractDouble:
         app = web.Application(middlewares=[self._middleware])
         app.add_routes(
             [
+                web.post("/devices", self._bulk),
                 web.put("/devices/{id}", self._put_device),
                 web.get("/devices/{id}", self._get_device),
                 web.delete("/devices/{id}", self._delete_device),
@@ -278,6 +279,36 @@ class RegistryContractDouble:
             )
         result: web.StreamResponse = await handler(request)
         return result
+
+    async def _bulk(self, request: web.Request) -> web.Response:
+        operations = await request.json()
+        if not isinstance(operations, list) or len(operations) > 100:
+            return web.json_response({"Message": "ErrorCode:TooManyDevices;at most 100"}, status=400)
+        errors = []
+        with self.lock:
+            for operation in operations:
+                device_id, mode = operation["id"], operation.get("importMode")
+                if mode == "delete":
+                    if self.devices.pop(device_id, None) is None:
+                        errors.append({"deviceId": device_id, "errorCode": "DeviceNotFound", "errorStatus": ""})
+                    self.twins.pop(device_id, None)
+                    continue
+                if mode == "create" and device_id in self.devices:
+                    errors.append({"deviceId": device_id, "errorCode": "DeviceAlreadyExists", "errorStatus": ""})
+                    continue
+                self.devices[device_id] = {
+                    "deviceId": device_id,
+                    "status": operation.get("status", "enabled"),
+                    "etag": uuid.uuid4().hex,
+                }
+                empty = {"desired": {"$version": 1}, "reported": {"$version": 1}}
+                twin = self.twins.setdefault(
+                    device_id,
+                    {"deviceId": device_id, "etag": uuid.uuid4().hex, "version": 1, "tags": {}, "properties": empty},
+                )
+                if "tags" in operation:
+                    twin["tags"] = operation["tags"]
+        return web.json_response({"isSuccessful": not errors, "errors": errors, "warnings": []})
 
     async def _put_device(self, request: web.Request) -> web.Response:
         device_id = request.match_info["id"]

@@ -16,6 +16,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 1000
+BULK_SIZE = 100  # the hub's limit for one bulk registry request
 RETRIES = 5
 
 
@@ -152,6 +153,19 @@ class HubRegistry:
             "PATCH", f"/twins/{quote(device_id, safe='')}", {"tags": tags}, headers={"If-Match": "*"}
         )
         _check(status, data, f"tagging device {device_id}")
+
+    async def bulk(self, operations: list[dict[str, Any]]) -> list[str]:
+        """Bulk registry operations (`importMode` create, createOrUpdate, delete), 100 per request as the hub
+        allows; returns the errors the hub reported for single devices."""
+        errors: list[str] = []
+        for start in range(0, len(operations), BULK_SIZE):
+            status, data, _ = await self._request("POST", "/devices", operations[start : start + BULK_SIZE])
+            _check(status, data, "bulk registry update")
+            for error in (data or {}).get("errors") or []:
+                errors.append(
+                    f"{error.get('deviceId')}: {error.get('errorCode')} {error.get('errorStatus', '')}".strip()
+                )
+        return errors
 
     async def twins(self) -> list[dict[str, Any]]:
         """Every twin in the hub (paged), to find the devices this integration manages."""

@@ -94,27 +94,35 @@ class AzureWorker(Worker):
             await self.hub.close()
 
     async def resync(self) -> dict[str, int]:
-        """Make the hub's devices match the handler's: create, tag, and delete what we manage."""
+        """Make the hub's devices match the handler's in bulk: create or tag, and delete what we manage."""
         assert self.hub is not None
         twins = {twin["deviceId"]: twin for twin in await self.hub.twins()}
         wanted = {hub_device_id(self.prefix, device.device_id): device for device in self.registry.devices.values()}
+        operations: list[dict[str, Any]] = []
         counts = {"created": 0, "updated": 0, "deleted": 0}
         for hub_id, device in wanted.items():
             tags = device_tags(self.app_id, self.integration_id, device)
             twin = twins.get(hub_id)
-            if twin is None:
-                await self.hub.create_device(hub_id)
-                counts["created"] += 1
-            elif twin.get("tags") == tags:
+            if twin is not None and twin.get("tags") == tags:
                 continue
-            else:
-                counts["updated"] += 1
-            await self.hub.set_tags(hub_id, tags)
+            counts["updated" if twin else "created"] += 1
+            operations.append(
+                {
+                    "id": hub_id,
+                    "importMode": "createOrUpdate",
+                    "status": "enabled",
+                    "authentication": {"type": "sas"},
+                    "tags": tags,
+                }
+            )
         if self.settings.delete_devices:
             for hub_id, twin in twins.items():
                 if hub_id not in wanted and managed_by(twin, self.app_id, self.integration_id):
-                    await self.hub.delete_device(hub_id)
                     counts["deleted"] += 1
+                    operations.append({"id": hub_id, "importMode": "delete", "eTag": "*"})
+        errors = await self.hub.bulk(operations) if operations else []
+        if errors:
+            await self.report("error", f"the hub refused {len(errors)} device changes: " + "; ".join(errors[:5]))
         log.info("hub registry in sync: %s (%d devices)", counts, len(wanted))
         return counts
 
