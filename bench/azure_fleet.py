@@ -33,10 +33,12 @@ def _hub_connections(pid: int) -> int:
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[2].endswith(":20B3") and fields[3] == "01" and fields[9] in inodes:  # 0x20B3 = 8883, ESTABLISHED
-            count += 1
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            # remote port 0x20B3 = 8883, state 01 = established
+            if fields[2].endswith(":20B3") and fields[3] == "01" and fields[9] in inodes:
+                count += 1
     return count
 
 

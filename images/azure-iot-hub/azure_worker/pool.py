@@ -59,7 +59,8 @@ class ConnectionPool:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._opening[device_id] = future
         try:
-            while len(self._entries) >= self.limit:
+            # Connections being opened count too, so concurrent opens cannot overshoot the limit.
+            while self._entries and len(self._entries) + len(self._opening) > self.limit:
                 oldest, _ = next(iter(self._entries.items()))
                 self.evicted_total += 1
                 await self.drop(oldest)

@@ -10,7 +10,7 @@ from typing import Any
 
 from azure.iot.device import Message
 from azure.iot.device.aio import IoTHubDeviceClient
-from azure.iot.device.exceptions import ClientError, CredentialError
+from azure.iot.device.exceptions import ClientError, CredentialError, OperationCancelled, OperationTimeout
 
 from worker_sdk import ConfigurationError, Device, Event, RetryableError, SetupError, Worker
 
@@ -175,12 +175,14 @@ class AzureWorker(Worker):
         def on_desired(patch: dict[str, Any]) -> None:
             asyncio.run_coroutine_threadsafe(self._desired(hub_id, client, patch), loop)
 
-        client.on_message_received = on_c2d
-        client.on_twin_desired_properties_patch_received = on_desired
         try:
             async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
                 await client.connect()
-        except (ClientError, CredentialError, TimeoutError) as err:
+                # Setting a handler makes the SDK subscribe, blocking the caller until the broker answers:
+                # do it on a worker thread so our event loop keeps moving other devices' messages.
+                await asyncio.to_thread(setattr, client, "on_message_received", on_c2d)
+                await asyncio.to_thread(setattr, client, "on_twin_desired_properties_patch_received", on_desired)
+        except (ClientError, CredentialError, OperationTimeout, OperationCancelled, TimeoutError) as err:
             await self._close(client)
             raise RetryableError(f"cannot connect device {hub_id} to {self.settings.hub_hostname}: {err!r}") from err
         return client
@@ -206,7 +208,7 @@ class AzureWorker(Worker):
                 await client.send_message(message)
                 if self.settings.report_decoded_payload and isinstance(decoded, dict):
                     await client.patch_twin_reported_properties({"decodedPayload": decoded})
-        except (ClientError, TimeoutError) as err:
+        except (ClientError, OperationTimeout, OperationCancelled, TimeoutError) as err:
             await self.pool.drop(hub_id)
             raise RetryableError(
                 f"sending telemetry of {hub_id} to {self.settings.hub_hostname} failed: {err!r}",

@@ -123,6 +123,7 @@ class Worker:
         self.redactor = Redactor.from_environment()
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()  # set after setup(): messages that arrive earlier wait
+        self._slots = asyncio.Semaphore(worker.concurrency)
         self._draining = False
         self._inflight: set[asyncio.Task[Any]] = set()
         self._downlink_waiters: dict[str, asyncio.Future[str | None]] = {}
@@ -342,11 +343,15 @@ class Worker:
             await asyncio.Future()  # never acknowledged: redelivered when the worker comes back
         task = asyncio.current_task()
         assert task is not None
-        self._inflight.add(task)
-        try:
-            await self._process(topic, payload)
-        finally:
-            self._inflight.discard(task)
+        # The broker should respect our receive maximum, but not every one does: bound the work here too.
+        async with self._slots:
+            if self._draining:
+                await asyncio.Future()
+            self._inflight.add(task)
+            try:
+                await self._process(topic, payload)
+            finally:
+                self._inflight.discard(task)
 
     async def _process(self, topic: str, payload: bytes) -> None:
         parsed = topics.parse(topic)
