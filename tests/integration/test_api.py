@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from orchestrator.config import PROJECT_ROOT
 from tests.support.mqtt import MqttProbe
 from tests.support.orchestrator import RunningOrchestrator
 
@@ -130,7 +131,7 @@ def test_openapi_docs_and_health(orchestrator: RunningOrchestrator) -> None:
         "status": "ok",
         "broker": "connected",
         "runtime": "process",
-        "templates": 5,
+        "templates": len(list((PROJECT_ROOT / "integration_templates").glob("*.yaml"))),
     }
     assert health["reconciler"]["passes"] >= 1
     templates = orchestrator.call("GET", "/api/v1/templates", 200).json()
