@@ -28,7 +28,9 @@ class AzureSettings(ImageSettings):
     resync_interval_seconds: float = Field(600.0, ge=10)
     report_decoded_payload: bool = True
     delete_devices: bool = Field(True, description="Delete hub devices whose device was deleted here")
-    max_connections: int = Field(100, ge=1, le=10_000, description="Open device connections at most")
+    # The device SDK's MQTT client (paho 1.x) waits with select(), which fails for descriptors above 1024;
+    # each connection takes three (its TLS socket and a wake-up socket pair), so one process holds ~300.
+    max_connections: int = Field(100, ge=1, le=300, description="Open device connections at most")
     idle_seconds: float = Field(300.0, ge=1, description="Close a device connection unused this long")
     token_ttl_seconds: int = Field(3600, ge=300, le=86_400)
     downlink_f_port: int = Field(1, ge=1, le=223, description="FPort of downlinks that do not name one")
