@@ -88,12 +88,14 @@ class Handler:
         await self.mqtt.disconnect()
 
     async def run_db(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run a synchronous database function in a thread, inside one committed session."""
+        """Run a synchronous database function inside one committed session (see Database.inline)."""
 
         def call() -> T:
             with self.db.session() as session:
                 return function(session, *args, **kwargs)
 
+        if self.db.inline:
+            return call()
         return await asyncio.to_thread(call)
 
     async def emit(self, app_id: str, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
