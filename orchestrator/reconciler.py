@@ -119,6 +119,7 @@ class Reconciler:
         # Every pass checks running integrations cheaply; every FULL_PASS_EVERY-th looks at each closely.
         full = self.passes % FULL_PASS_EVERY == 0
         for record in records:
+            await asyncio.sleep(0)  # let API requests in between: a pass over hundreds takes a while
             if not full and self._steady(record, workers.get(record.runtime_name, MISSING)):
                 continue
             try:
