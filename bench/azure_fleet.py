@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import save
+from bench.common import broker_password, mosquitto_binary, save, start_orchestrator
 from bench.webhook import Publisher
 from tests.support.iothub import (
     HUB_HOST,
@@ -23,7 +22,6 @@ from tests.support.iothub import (
     hub_client,
     make_certificates,
 )
-from tests.support.orchestrator import RunningOrchestrator
 
 APP = "fleet"
 DEVICES = int(os.environ.get("BENCH_AZURE_DEVICES", "1000"))
@@ -63,19 +61,14 @@ def _status(pid: int) -> dict[str, float]:
     return {"rss_mib": round(values["VmRSS"] / 1024, 1), "threads": values["Threads"]}
 
 
-def _run(limit: int, hub: dict[str, Any], mosquitto: str) -> dict[str, Any]:
+def _run(limit: int, hub: dict[str, Any]) -> dict[str, Any]:
     received: set[str] = set()
     watcher = hub_client(hub["ca"], f"bench-telemetry-{limit}")
     watcher.on_message = lambda _c, _u, message: received.add(message.topic.split("/")[1])
     watcher.subscribe("devices/+/messages/events/#", qos=1)
     with tempfile.TemporaryDirectory() as tmp:
-        orch = RunningOrchestrator(
-            Path(tmp) / "o",
-            ORCH_BROKER__MOSQUITTO_BINARY=mosquitto,
-            ORCH_RUNTIME__KIND="process",
-            ORCH_LOG_LEVEL="WARNING",
-        ).start()
-        password = (Path(tmp) / "o" / "broker.password").read_text().strip()
+        orch = start_orchestrator(Path(tmp) / "o")
+        password = broker_password(orch)
         try:
             orch.create_application(APP)
             for n in range(DEVICES):
@@ -135,11 +128,10 @@ def _run(limit: int, hub: dict[str, Any], mosquitto: str) -> dict[str, Any]:
 
 def run() -> dict[str, Any]:
     """Measure with a bounded pool and with one connection per device."""
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         ca, cert, key = make_certificates(directory)
-        broker = HubBroker(mosquitto, directory, ca, cert, key)
+        broker = HubBroker(mosquitto_binary(), directory, ca, cert, key)
         policy_key = base64.b64encode(os.urandom(32)).decode()
         registry = RegistryContractDouble(policy_key, cert, key)
         hub = {"ca": ca, "key": policy_key, "registry": registry}
@@ -147,7 +139,7 @@ def run() -> dict[str, Any]:
             limits = [int(x) for x in os.environ.get("BENCH_AZURE_POOLS", f"100,{DEVICES}").split(",")]
             results = []
             for limit in limits:
-                results.append(_run(limit, hub, mosquitto))
+                results.append(_run(limit, hub))
                 print(f"  pool {limit}: {results[-1]}", flush=True)
         finally:
             registry.stop()

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tests.support.orchestrator import RunningOrchestrator
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -80,3 +83,24 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def mosquitto_binary() -> str:
+    """Where Debian's Mosquitto is (scripts/setup installs it)."""
+    return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def start_orchestrator(directory: Path, **env: str) -> RunningOrchestrator:
+    """An orchestrator with a managed Mosquitto and the process runtime (unless `env` says otherwise), quiet logs."""
+    settings = {
+        "ORCH_BROKER__MOSQUITTO_BINARY": mosquitto_binary(),
+        "ORCH_RUNTIME__KIND": "process",
+        "ORCH_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    return RunningOrchestrator(directory, **settings).start()
+
+
+def broker_password(orch: RunningOrchestrator) -> str:
+    """The password of the handler's account on the managed broker (benchmarks publish as the handler)."""
+    return (orch.data_dir / "broker.password").read_text().strip()

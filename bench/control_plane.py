@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from bench.common import percentile, save
+from bench.common import percentile, save, start_orchestrator
 from orchestrator.config import PROJECT_ROOT
 from tests.support.orchestrator import RunningOrchestrator
 from tests.support.waiting import wait_for
@@ -100,18 +100,11 @@ def _pids(orch: RunningOrchestrator) -> dict[str, list[int]]:
 
 def run() -> dict[str, Any]:
     """Measure; returns the results (also saved under bench/results/)."""
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     with tempfile.TemporaryDirectory() as tmp:
         templates = Path(tmp) / "templates"
         shutil.copytree(PROJECT_ROOT / "integration_templates", templates)
         (templates / "bench-noop.yaml").write_text(NOOP_TEMPLATE)
-        orch = RunningOrchestrator(
-            Path(tmp) / "o",
-            ORCH_BROKER__MOSQUITTO_BINARY=mosquitto,
-            ORCH_RUNTIME__KIND="process",
-            ORCH_TEMPLATES_DIR=str(templates),
-            ORCH_LOG_LEVEL="WARNING",
-        ).start()
+        orch = start_orchestrator(Path(tmp) / "o", ORCH_TEMPLATES_DIR=str(templates))
         try:
             orch.create_application(APP)
             for n in range(100):

@@ -5,7 +5,6 @@ topic has received every message."""
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import threading
 import time
@@ -15,8 +14,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from bench.common import save
-from tests.support.orchestrator import RunningOrchestrator
+from bench.common import save, start_orchestrator
 from tests.support.pubsub import PubSubEmulator, find_launcher
 
 APP = "bench"
@@ -80,14 +78,12 @@ def _raw_client(emulator: PubSubEmulator, payloads: list[bytes]) -> float:
     return len(payloads) / (counter.done_at - started)
 
 
-def _integration(emulator: PubSubEmulator, payloads: list[bytes], mosquitto: str) -> float:
+def _integration(emulator: PubSubEmulator, payloads: list[bytes]) -> float:
     publisher, subscriber = emulator.clients()
     tag = "int-" + uuid.uuid4().hex[:6]
     topic, subscription = _fresh(publisher, subscriber, tag)
     with tempfile.TemporaryDirectory() as tmp:
-        orch = RunningOrchestrator(
-            Path(tmp), ORCH_BROKER__MOSQUITTO_BINARY=mosquitto, ORCH_RUNTIME__KIND="process", ORCH_LOG_LEVEL="WARNING"
-        ).start()
+        orch = start_orchestrator(Path(tmp))
         try:
             orch.create_application(APP)
             orch.create_device(APP, "dev-1")
@@ -127,14 +123,13 @@ def run(messages: int = MESSAGES) -> dict[str, Any]:
     """Measure both; returns the results (also saved under bench/results/)."""
     launcher = find_launcher()
     assert launcher, "the Pub/Sub emulator is not installed"
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     payloads = [_uplink(APP, n) for n in range(messages)]
     with tempfile.TemporaryDirectory() as tmp:
         emulator = PubSubEmulator(launcher, Path(tmp))
         try:
             _raw_client(emulator, payloads[:500])  # warm the emulator's JIT before measuring
             raw = _raw_client(emulator, payloads)
-            through = _integration(emulator, payloads, mosquitto)
+            through = _integration(emulator, payloads)
         finally:
             emulator.stop()
     result = {

@@ -3,29 +3,21 @@ subscriptions): burst throughput of each, and how many messages arrived twice.""
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import save
+from bench.common import broker_password, save, start_orchestrator
 from bench.webhook import APP, BURST, Publisher, Sink, warm_up
-from tests.support.orchestrator import RunningOrchestrator
 
 
 def run() -> dict[str, Any]:
     """Measure; returns the results (also saved under bench/results/)."""
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     sink = Sink()
     results: dict[str, Any] = {"burst": BURST, "replicas": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        orch = RunningOrchestrator(
-            Path(tmp) / "o",
-            ORCH_BROKER__MOSQUITTO_BINARY=mosquitto,
-            ORCH_RUNTIME__KIND="process",
-            ORCH_LOG_LEVEL="WARNING",
-        ).start()
-        password = (Path(tmp) / "o" / "broker.password").read_text().strip()
+        orch = start_orchestrator(Path(tmp) / "o")
+        password = broker_password(orch)
         try:
             orch.create_application(APP)
             orch.create_device(APP, "dev-1")

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Stopwatch, docker_version, save, summary
+from bench.common import Stopwatch, docker_version, save, start_orchestrator, summary
 from tests.support.orchestrator import RunningOrchestrator
 from tests.support.sink import HttpSink
 from tests.support.waiting import wait_for
@@ -80,15 +79,9 @@ def _bare_docker_run(runs: int) -> list[float]:
     return samples
 
 
-def _scenario(kind: str, mosquitto: str, runs: int) -> dict[str, Any]:
+def _scenario(kind: str, runs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, HttpSink() as sink:
-        orch = RunningOrchestrator(
-            Path(tmp),
-            ORCH_BROKER__MOSQUITTO_BINARY=mosquitto,
-            ORCH_RUNTIME__KIND=kind,
-            ORCH_RUNTIME__DOCKER__NETWORK="host",
-            ORCH_LOG_LEVEL="WARNING",
-        ).start()
+        orch = start_orchestrator(Path(tmp), ORCH_RUNTIME__KIND=kind, ORCH_RUNTIME__DOCKER__NETWORK="host")
         try:
             orch.create_application(APP)
             orch.create_device(APP, "dev-1")
@@ -103,7 +96,6 @@ def _scenario(kind: str, mosquitto: str, runs: int) -> dict[str, Any]:
 
 def run(runs: int = RUNS) -> dict[str, Any]:
     """Measure everything; returns the results (also saved under bench/results/)."""
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     import docker
 
     client = docker.from_env()
@@ -113,8 +105,8 @@ def run(runs: int = RUNS) -> dict[str, Any]:
         if image.tags
     }
     bare = summary(_bare_docker_run(runs))
-    docker_result = _scenario("docker", mosquitto, runs)
-    process_result = _scenario("process", mosquitto, runs)
+    docker_result = _scenario("docker", runs)
+    process_result = _scenario("process", runs)
     ratio = docker_result["enable_to_first_delivery_s"]["median"] / bare["median"]
     result = {
         "docker_engine": docker_version(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import tempfile
 import time
@@ -16,8 +15,8 @@ import aiohttp
 import httpx
 import paho.mqtt.client as paho
 
-from bench.common import percentile, save
-from tests.support.orchestrator import RunningOrchestrator, free_port
+from bench.common import broker_password, percentile, save, start_orchestrator
+from tests.support.orchestrator import free_port
 from tests.support.waiting import wait_for
 
 APP = "bench"
@@ -269,17 +268,11 @@ def run() -> dict[str, Any]:
     """Measure everything; returns the results (also saved under bench/results/)."""
     if not (NODE_RED / "node_modules" / "node-red").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_RED, check=True)
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     sink = Sink()
     result: dict[str, Any] = {"burst": BURST}
     with tempfile.TemporaryDirectory() as tmp:
-        orch = RunningOrchestrator(
-            Path(tmp) / "o",
-            ORCH_BROKER__MOSQUITTO_BINARY=mosquitto,
-            ORCH_RUNTIME__KIND="process",
-            ORCH_LOG_LEVEL="WARNING",
-        ).start()
-        password = (Path(tmp) / "o" / "broker.password").read_text().strip()
+        orch = start_orchestrator(Path(tmp) / "o")
+        password = broker_password(orch)
         try:
             result["sink_alone_req_s"] = round(asyncio.run(_sink_alone(sink.url, BURST)))
             result["broker_alone_msg_s"] = round(broker_alone(orch.broker_port, password, BURST))

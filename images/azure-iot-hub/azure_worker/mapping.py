@@ -6,16 +6,10 @@ import base64
 import json
 from typing import Any
 
-from pydantic import ValidationError
-
 from worker_sdk import Device, Event
-from worker_sdk.messages import Downlink, describe_errors
+from worker_sdk.messages import InvalidDownlink, validate_downlinks
 
 MANAGED_TAG = "orchestrator"
-
-
-class InvalidDownlink(ValueError):
-    """A cloud-to-device message or desired property cannot become a downlink; the text says why."""
 
 
 def hub_device_id(prefix: str, device_id: str) -> str:
@@ -58,17 +52,6 @@ def telemetry_properties(event: Event) -> dict[str, str]:
     return properties
 
 
-def _validated(items: list[Any]) -> list[dict[str, Any]]:
-    downlinks = []
-    for index, item in enumerate(items):
-        try:
-            downlinks.append(Downlink.model_validate(item).model_dump(exclude_none=True))
-        except ValidationError as err:
-            problems = "; ".join(f"{p['field']}: {p['message']}" for p in describe_errors(err))
-            raise InvalidDownlink(f"downlink {index}: {problems}" if len(items) > 1 else problems) from err
-    return downlinks
-
-
 def c2d_downlinks(data: bytes, properties: dict[str, Any], default_port: int) -> list[dict[str, Any]]:
     """Downlinks from a cloud-to-device message: JSON in the handler's shape, or raw bytes as the payload.
 
@@ -80,9 +63,9 @@ def c2d_downlinks(data: bytes, properties: dict[str, Any], default_port: int) ->
     except (ValueError, UnicodeDecodeError):
         body = None
     if isinstance(body, dict) and isinstance(body.get("downlinks"), list):
-        return _validated(body["downlinks"])
+        return validate_downlinks(body["downlinks"])
     if isinstance(body, dict) and ("frm_payload" in body or "decoded_payload" in body):
-        return _validated([{"f_port": port, **body}])
+        return validate_downlinks([{"f_port": port, **body}])
     if not data:
         raise InvalidDownlink("the message is empty")
     raw = {"f_port": port, "frm_payload": base64.b64encode(data).decode()}
@@ -90,16 +73,16 @@ def c2d_downlinks(data: bytes, properties: dict[str, Any], default_port: int) ->
         raw["confirmed"] = str(properties["confirmed"]).lower() == "true"
     if "priority" in properties:
         raw["priority"] = properties["priority"]
-    return _validated([raw])
+    return validate_downlinks([raw])
 
 
 def desired_downlinks(patch: dict[str, Any], default_port: int) -> list[dict[str, Any]]:
     """Downlinks from a desired-properties patch: `decodedPayload` (with optional `fPort`) or `downlink`."""
     if isinstance(patch.get("downlink"), dict):
-        return _validated([{"f_port": default_port, **patch["downlink"]}])
+        return validate_downlinks([{"f_port": default_port, **patch["downlink"]}])
     if "decodedPayload" in patch:
         decoded = patch["decodedPayload"]
         if not isinstance(decoded, dict):
             raise InvalidDownlink("decodedPayload must be an object")
-        return _validated([{"f_port": patch.get("fPort", default_port), "decoded_payload": decoded}])
+        return validate_downlinks([{"f_port": patch.get("fPort", default_port), "decoded_payload": decoded}])
     return []

@@ -6,16 +6,10 @@ import json
 import re
 from typing import Any
 
-from pydantic import ValidationError
-
 from worker_sdk import Event
-from worker_sdk.messages import ID_PATTERN, Downlink, describe_errors
+from worker_sdk.messages import ID_PATTERN, InvalidDownlink, validate_downlinks
 
 DOWNLINK_FIELDS = ("f_port", "frm_payload", "decoded_payload", "confirmed", "priority", "correlation_ids")
-
-
-class InvalidDownlink(ValueError):
-    """A message on the downlink subscription cannot become a downlink; the text says why."""
 
 
 def attributes_for(event: Event, integration_id: str) -> dict[str, str]:
@@ -56,14 +50,4 @@ def parse_downlink(data: bytes, attributes: dict[str, str]) -> tuple[str, list[d
         if isinstance(body.get("downlinks"), list)
         else [{key: value for key, value in body.items() if key in DOWNLINK_FIELDS}]
     )
-    if not items:
-        raise InvalidDownlink("downlinks is empty")
-    downlinks = []
-    for index, item in enumerate(items):
-        try:
-            downlinks.append(Downlink.model_validate(item).model_dump(exclude_none=True))
-        except ValidationError as err:
-            problems = "; ".join(f"{p['field']}: {p['message']}" for p in describe_errors(err))
-            where = f"downlinks[{index}]: " if len(items) > 1 else ""
-            raise InvalidDownlink(f"{where}{problems}") from err
-    return device_id, downlinks
+    return device_id, validate_downlinks(items)

@@ -127,3 +127,22 @@ def describe_errors(err: ValidationError, prefix: str = "") -> list[dict[str, st
         message = item["msg"].removeprefix("Value error, ")
         problems.append({"field": field or "(body)", "message": message})
     return problems
+
+
+class InvalidDownlink(ValueError):
+    """A downlink a platform sent cannot be queued; the text says why."""
+
+
+def validate_downlinks(items: list[Any]) -> list[dict[str, Any]]:
+    """Each item checked as a handler downlink; InvalidDownlink names the first one that is wrong, and why."""
+    if not items:
+        raise InvalidDownlink("downlinks is empty")
+    downlinks = []
+    for index, item in enumerate(items):
+        try:
+            downlinks.append(Downlink.model_validate(item).model_dump(exclude_none=True))
+        except ValidationError as err:
+            problems = "; ".join(f"{p['field']}: {p['message']}" for p in describe_errors(err))
+            where = f"downlinks[{index}]: " if len(items) > 1 else ""
+            raise InvalidDownlink(f"{where}{problems}") from err
+    return downlinks
