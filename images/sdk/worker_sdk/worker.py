@@ -383,14 +383,8 @@ class Worker:
             details = await self.handle(event)
         except RetryableError:
             pass  # the retry loop below starts with an immediate second attempt
-        except PermanentError as err:
-            self.counters.failed += 1
-            await self.report("error", err.message, **ids, **err.details)
-            return
         except Exception as err:
-            log.exception("unexpected error handling %s", event.topic)
-            self.counters.failed += 1
-            await self.report("error", f"unexpected error: {err!r}", **ids)
+            await self._failed(event, ids, err)
             return
         else:
             await self._delivered(event.name, ids, details)
@@ -413,16 +407,19 @@ class Worker:
                 "error", f"gave up after retrying for {max_duration:.0f} s: {err.message}", **ids, **err.details
             )
             return
-        except PermanentError as err:
-            self.counters.failed += 1
-            await self.report("error", err.message, **ids, **err.details)
-            return
         except Exception as err:
-            log.exception("unexpected error handling %s", event.topic)
-            self.counters.failed += 1
-            await self.report("error", f"unexpected error: {err!r}", **ids)
+            await self._failed(event, ids, err)
             return
         await self._delivered(event.name, ids, details)
+
+    async def _failed(self, event: Event, ids: dict[str, Any], err: Exception) -> None:
+        """Count a message that will not be delivered and say why in an error event."""
+        self.counters.failed += 1
+        if isinstance(err, PermanentError):
+            await self.report("error", err.message, **ids, **err.details)
+        else:
+            log.error("unexpected error handling %s", event.topic, exc_info=err)
+            await self.report("error", f"unexpected error: {err!r}", **ids)
 
     async def _delivered(self, name: str, ids: dict[str, Any], details: dict[str, Any] | None) -> None:
         self.counters.delivered += 1
