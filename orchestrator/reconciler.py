@@ -114,8 +114,10 @@ class Reconciler:
         records = await self.handler.run_db(lambda session: service.list_integrations(session))
         names = {record.runtime_name for record in records}
         for name in workers.keys() - names:
-            log.info("removing %s: its integration no longer exists", name)
-            await self.runtime.stop(name)
+            # Under the lock: the API's delete may be removing the same worker right now.
+            async with self._lock(name):
+                log.info("removing %s: its integration no longer exists", name)
+                await self.runtime.stop(name)
         # Every pass checks running integrations cheaply; every FULL_PASS_EVERY-th looks at each closely.
         full = self.passes % FULL_PASS_EVERY == 0
         for record in records:

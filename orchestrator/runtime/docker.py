@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
+from requests.exceptions import RequestException
 
 from ..config import Settings
 from ..errors import RuntimeFailure
@@ -319,8 +320,15 @@ def _remove(container: Container, timeout: int) -> None:
     except NotFound:
         return
     except APIError as err:
-        if err.status_code != 409:  # 409: removal already in progress
+        if err.status_code != 409:
             raise RuntimeFailure(f"cannot remove container {container.name}: {_short(err)}") from err
+        # 409: someone else is removing it; return only once it is gone, as callers expect.
+        try:
+            container.wait(condition="removed", timeout=timeout + 30)
+        except NotFound:
+            return
+        except (APIError, RequestException) as err:
+            raise RuntimeFailure(f"container {container.name} is still being removed: {_short(err)}") from err
 
 
 def _log_lines(container: Container, tail: int) -> list[str]:

@@ -235,3 +235,44 @@ def test_missing_image_is_a_clear_error(tmp_path: Path, mosquitto: str, engine: 
     finally:
         orch.stop()  # first, or its reconciler would start what we remove
         remove_all(engine, orch)
+
+
+def test_concurrent_stops_return_only_when_the_container_is_gone(tmp_path: Path, engine: docker.DockerClient) -> None:
+    # The API's delete and the reconciler's orphan sweep can remove one container at the same moment;
+    # a removal that meets Docker's 409 (already in progress) must still not return while it exists.
+    import asyncio
+
+    from orchestrator.config import Settings
+    from orchestrator.runtime.docker import DockerRuntime
+
+    runtime = DockerRuntime(Settings(data_dir=tmp_path, runtime={"stop_timeout_seconds": 1}), client=engine)
+    name = "race-app--race"
+    labels = {f"{LABEL}.managed": "true", f"{LABEL}.instance": runtime.instance, f"{LABEL}.name": name}
+
+    def left() -> list[Any]:
+        return list(engine.containers.list(all=True, filters={"label": f"{LABEL}.name={name}"}))
+
+    async def stop_together() -> list[list[Any]]:
+        """Stop from four callers at once; what was left each time one of them returned."""
+        seen = []
+        for stop in asyncio.as_completed([runtime.stop(name) for _ in range(4)]):
+            await stop
+            seen.append(await asyncio.to_thread(left))
+        return seen
+
+    try:
+        for _ in range(5):
+            # PID 1 ignores SIGTERM: every stop waits the timeout, then they all remove at once.
+            engine.containers.run(
+                WEBHOOK_IMAGE,
+                ["python", "-c", "import time; time.sleep(600)"],
+                entrypoint=[],
+                name=name,
+                labels=labels,
+                detach=True,
+                network_mode="none",
+            )
+            assert asyncio.run(stop_together()) == [[], [], [], []]
+    finally:
+        for container in left():
+            container.remove(force=True)
