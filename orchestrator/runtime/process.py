@@ -94,6 +94,8 @@ class ProcessRuntime(Runtime):
                 "LANG": "C.UTF-8",
                 "HOME": str(workdir),
                 "PYTHONUNBUFFERED": "1",
+                # The module was found on the orchestrator's import path: the worker gets the same path.
+                **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
                 **spec.replica_environment(replica),
                 "WORKER_HEALTH_FILE": str(workdir / f"health.{replica}"),
             }

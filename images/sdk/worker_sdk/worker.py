@@ -382,7 +382,7 @@ class Worker:
             # Most messages go through at once: no retry machinery on that path.
             details = await self.handle(event)
         except RetryableError:
-            pass  # the retry loop below starts with an immediate second attempt
+            self.counters.retried += 1  # the retry loop below starts with an immediate second attempt
         except Exception as err:
             await self._failed(event, ids, err)
             return
