@@ -50,7 +50,7 @@ def _ms(samples: list[float]) -> dict[str, float]:
 def _mixed_request(n: int) -> tuple[str, str]:
     """What users do most: read one integration, list devices, and now and then list all integrations."""
     if n % 10 == 0:
-        return "list_integrations", f"/api/v1/applications/{APP}/integrations"
+        return "list_integrations", f"/api/v1/applications/{APP}/integrations?limit=1000"  # all 500, as before paging
     if n % 2:
         return "get_integration", f"/api/v1/applications/{APP}/integrations/noop-{random.randrange(COUNT)}"
     return "list_devices", f"/api/v1/applications/{APP}/devices?limit=100"
@@ -94,7 +94,7 @@ async def _api_latency(orch: RunningOrchestrator, choose: Callable[[int], tuple[
 
 
 def _pids(orch: RunningOrchestrator) -> dict[str, list[int]]:
-    items = orch.call("GET", f"/api/v1/applications/{APP}/integrations", 200).json()
+    items = orch.call("GET", f"/api/v1/applications/{APP}/integrations?limit=1000", 200).json()["items"]
     return {item["id"]: (item["status"]["handle"] or {}).get("pids", []) for item in items}
 
 

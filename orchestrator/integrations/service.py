@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ..config import Settings
@@ -51,6 +51,18 @@ def list_integrations(session: Session, *, app_id: str | None = None) -> list[In
         registry.get_application(session, app_id)
         query = query.where(Integration.application_id == app_id)
     return list(session.scalars(query))
+
+
+def page_integrations(
+    session: Session, *, app_id: str, limit: int, offset: int, state: str | None = None
+) -> tuple[list[Integration], int]:
+    """One page of an application's integrations, ordered by id, optionally in one state; and the total."""
+    registry.get_application(session, app_id)
+    query = select(Integration).where(Integration.application_id == app_id)
+    if state is not None:
+        query = query.where(Integration.actual_state == state)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    return list(session.scalars(query.order_by(Integration.id).limit(limit).offset(offset))), total
 
 
 def _new_id(session: Session, app_id: str, template_id: str) -> str:

@@ -138,3 +138,31 @@ def test_openapi_docs_and_health(orchestrator: RunningOrchestrator) -> None:
     webhook = next(t for t in templates if t["id"] == "webhook")
     assert webhook["logo"] == "/api/v1/templates/webhook/logo" and "environment" not in webhook
     assert httpx.get(orchestrator.url + webhook["logo"]).headers["content-type"].startswith("image/svg")
+
+
+def test_integration_list_pages_and_filters_by_state(orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application(APP)
+    for name in ("c", "a", "b"):
+        orchestrator.create_integration(
+            APP, id=f"hook-{name}", template_id="webhook", enabled=False, config={"url": "http://127.0.0.1:9/x"}
+        )
+    for name in ("a", "b", "c"):
+        orchestrator.wait_state(APP, f"hook-{name}", "stopped")
+    base = f"/api/v1/applications/{APP}/integrations"
+
+    first = orchestrator.call("GET", base + "?limit=2", 200).json()
+    assert [item["id"] for item in first["items"]] == ["hook-a", "hook-b"]
+    assert (first["total"], first["offset"], first["limit"]) == (3, 0, 2)
+    rest = orchestrator.call("GET", base + "?limit=2&offset=2", 200).json()
+    assert [item["id"] for item in rest["items"]] == ["hook-c"]
+
+    assert orchestrator.call("GET", base + "?state=stopped", 200).json()["total"] == 3
+    assert orchestrator.call("GET", base + "?state=running", 200).json() == {
+        "items": [],
+        "total": 0,
+        "offset": 0,
+        "limit": 100,
+    }
+    for query, field in (("state=sleeping", "state"), ("limit=0", "limit"), ("offset=-1", "offset")):
+        problem = orchestrator.call("GET", f"{base}?{query}", 422).json()
+        assert [error["field"] for error in problem["errors"]] == [f"query.{field}"], query

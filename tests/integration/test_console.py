@@ -138,6 +138,10 @@ def test_user_adds_tests_watches_and_removes_a_webhook(
     tab(page, "Integrations").click()
     expect(page.locator("[data-integration=to-sink]")).to_contain_text("running")
     shot(page, "console-integrations")
+    page.get_by_label("Show").select_option("failed")
+    expect(page.get_by_text("No failed integrations.")).to_be_visible()
+    page.get_by_label("Show").select_option("running")
+    expect(page.locator("[data-integration=to-sink]")).to_be_visible()
     page.get_by_role("link", name="HTTP webhook").click()
     page.get_by_role("button", name="Disable").click()
     expect(page.locator("[data-state=stopped]").first).to_be_visible()
@@ -162,3 +166,23 @@ def test_console_fits_a_phone(browser: Browser, orchestrator: RunningOrchestrato
     assert width <= 390, f"the page is {width} px wide on a 390 px screen"
     shot(phone, "console-phone")
     context.close()
+
+
+def test_console_pages_through_many_integrations(browser: Browser, orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application("fleet")
+    for number in range(52):
+        orchestrator.create_integration(
+            "fleet", id=f"hook-{number:02}", template_id="webhook", enabled=False, config={"url": "http://127.0.0.1:9/"}
+        )
+    page = browser.new_page()
+    sign_in(page, orchestrator)
+    page.goto(orchestrator.url + "/#/apps/fleet")
+    expect(page.get_by_text("1\u201350 of 52")).to_be_visible()
+    expect(page.locator("[data-integration]")).to_have_count(50)
+    expect(page.get_by_role("button", name="Previous")).to_be_disabled()
+    page.get_by_role("button", name="Next").click()
+    expect(page.get_by_text("51\u201352 of 52")).to_be_visible()
+    expect(page.locator("[data-integration]")).to_have_count(2)
+    expect(page.locator("[data-integration=hook-51]")).to_be_visible()
+    expect(page.get_by_role("button", name="Next")).to_be_disabled()
+    page.close()

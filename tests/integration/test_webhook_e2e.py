@@ -226,7 +226,7 @@ def test_invalid_fields_are_reported_one_by_one(orchestrator: RunningOrchestrato
         404,
         json={"template_id": "webhook", "config": {"url": "http://127.0.0.1:1"}},
     )
-    assert orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations", 200).json() == []
+    assert orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations", 200).json()["total"] == 0
 
 
 def test_malformed_uplinks_become_error_events_and_the_handler_keeps_going(

@@ -24,10 +24,12 @@ from ...handler import registry
 from ...integrations import service
 from ...schemas import (
     ActivityPublic,
+    ActualState,
     IntegrationCreate,
     IntegrationPublic,
     IntegrationTest,
     IntegrationUpdate,
+    Page,
     TestOutcome,
     ValidationResult,
 )
@@ -70,12 +72,22 @@ async def validate_integration(
     return ValidationResult(valid=True)
 
 
-@router.get("", response_model=list[IntegrationPublic])
-async def list_integrations(app_id: str, orch: OrchestratorDep, who: PrincipalDep) -> list[IntegrationPublic]:
-    """Integrations of the application, with status and counters."""
+@router.get("", response_model=Page[IntegrationPublic])
+async def list_integrations(
+    app_id: str,
+    orch: OrchestratorDep,
+    who: PrincipalDep,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    state: ActualState | None = Query(None, description="Only integrations in this state, e.g. failed"),
+) -> object:
+    """A page of the application's integrations, ordered by id, with status and counters."""
     who.require(app_id, "integrations:read")
-    records = await orch.handler.run_db(service.list_integrations, app_id=app_id)
-    return [service.to_public(record, orch.box) for record in records]
+    records, total = await orch.handler.run_db(
+        service.page_integrations, app_id=app_id, limit=limit, offset=offset, state=state
+    )
+    items = [service.to_public(record, orch.box) for record in records]
+    return {"items": items, "total": total, "offset": offset, "limit": limit}
 
 
 @router.get("/{integration_id}", response_model=IntegrationPublic)

@@ -17,24 +17,49 @@ export async function applicationPage(appId, tab = "integrations") {
   else await integrationsTab(appId, body);
 }
 
+const PAGE_SIZE = 50;
+const STATES = ["running", "starting", "failed", "stopped", "pending"];
+
 async function integrationsTab(appId, body) {
   const table = h("tbody", {});
+  const state = h("select", { id: "state-filter" },
+    h("option", { value: "" }, "All states"), ...STATES.map((name) => h("option", { value: name }, name)));
+  const shown = h("span", { class: "muted small", "aria-live": "polite" });
+  const previous = h("button", { type: "button", class: "secondary", onclick: () => go(-PAGE_SIZE) }, "Previous");
+  const next = h("button", { type: "button", class: "secondary", onclick: () => go(PAGE_SIZE) }, "Next");
+  let offset = 0;
   const refresh = async () => {
-    const integrations = await api("GET", `/applications/${appId}/integrations`);
-    table.replaceChildren(...(integrations.length ? integrations.map((item) => h("tr", { "data-integration": item.id },
+    const filter = state.value ? `&state=${state.value}` : "";
+    const page = await api("GET", `/applications/${appId}/integrations?limit=${PAGE_SIZE}&offset=${offset}${filter}`);
+    if (!page.items.length && offset > 0) {  // the last page emptied meanwhile: step back
+      offset = Math.max(0, offset - PAGE_SIZE);
+      return refresh();
+    }
+    const empty = state.value ? `No ${state.value} integrations.` : "No integrations yet: add one from the gallery.";
+    table.replaceChildren(...(page.items.length ? page.items.map((item) => h("tr", { "data-integration": item.id },
       h("td", {}, h("a", { href: `#/apps/${appId}/integrations/${item.id}` }, item.name), h("div", { class: "muted small" }, item.id)),
       h("td", {}, item.template_id),
       h("td", {}, stateBadge(item.status.actual), item.enabled ? "" : h("div", { class: "muted small" }, "disabled")),
       h("td", {}, `${item.counters.delivered} delivered`, h("div", { class: "muted small" },
         `${item.counters.failed} failed · ${item.counters.retried} retried`)),
       h("td", { class: "small" }, item.status.last_error ? h("span", { class: "error-text" }, item.status.last_error.slice(0, 120)) : "—"),
-    )) : [h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No integrations yet: add one from the gallery."))]));
+    )) : [h("tr", {}, h("td", { colspan: 5, class: "muted" }, empty))]));
+    shown.textContent = page.total ? `${offset + 1}–${offset + page.items.length} of ${page.total}` : "";
+    previous.disabled = offset === 0;
+    next.disabled = offset + page.items.length >= page.total;
   };
+  const go = (step) => {
+    offset = Math.max(0, offset + step);
+    refresh().catch(() => {});
+  };
+  state.addEventListener("change", () => { offset = 0; refresh().catch(() => {}); });
   await refresh();
   const timer = setInterval(() => refresh().catch(() => {}), 2000);
   onLeave(() => clearInterval(timer));
   body.replaceChildren(
     h("div", { class: "row spread" }, h("h2", {}, "Integrations"), h("a", { class: "button", href: `#/apps/${appId}/gallery` }, "Add integration")),
+    h("div", { class: "row filters" }, h("label", { for: "state-filter" }, "Show"), state,
+      h("div", { class: "pager" }, shown, previous, next)),
     h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Integrations", "aria-live": "polite" },
       h("thead", {}, h("tr", {}, ["Name", "Template", "State", "Deliveries", "Last error"].map((t) => h("th", { scope: "col" }, t)))),
       table)),
