@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.iothub import HUB_HOST, POLICY, HubBroker, RegistryContractDouble, TwinResponder, make_certificates
+from tests.support.iothub import HUB_HOST, POLICY, HubBroker, RegistryContractDouble, TwinResponder
 from tests.support.orchestrator import RunningOrchestrator
 from tests.support.pubsub import PubSubEmulator, find_launcher
 from tests.support.sink import HttpSink
+from tests.support.tls import make_certificates
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

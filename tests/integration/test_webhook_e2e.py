@@ -8,11 +8,13 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.support.mqtt import MqttProbe
 from tests.support.orchestrator import RunningOrchestrator, pid_alive
 from tests.support.sink import HttpSink, Received, ok_json
+from tests.support.tls import make_certificates
 from tests.support.waiting import wait_for
 
 APP = "demo-app"
@@ -329,3 +331,35 @@ def test_test_button_reports_delivery_and_failure(orchestrator: RunningOrchestra
     orchestrator.call("POST", f"/api/v1/applications/{APP}/integrations/hook/disable", 200)
     refused = orchestrator.call("POST", path, 409, json={}).json()
     assert "not running" in refused["detail"]
+
+
+def test_https_endpoint_signed_by_a_private_ca(orchestrator: RunningOrchestrator, tmp_path: Path) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    with HttpSink(tls=(cert, key)) as sink:
+        setup_app(orchestrator, "dev-1")
+        base = f"/api/v1/applications/{APP}/integrations/hook"
+        orchestrator.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url + "/in"})
+        orchestrator.wait_state(APP, "hook", "running")
+        orchestrator.uplink(APP, "dev-1", {"f_port": 1, "decoded_payload": {"n": 1}})
+        # Certificates are checked: an unknown CA is refused, and the message waits (retried), not lost.
+        retries = wait_for(
+            lambda: orchestrator.call("GET", base + "/activity?kind=retry").json(), what="a retry after the TLS error"
+        )
+        assert "certificate" in retries[0]["message"].lower()
+        assert sink.accepted() == []
+
+        # A PEM that is not one is a configuration error naming the setting; the waiting message stays
+        # queued through the misconfigured starts (they must not take over the integration's session).
+        orchestrator.call("PATCH", base, 200, json={"config": {"ca_pem": "-----BEGIN CERTIFICATE-----\nnope"}})
+        errors = wait_for(
+            lambda: [
+                e for e in orchestrator.call("GET", base + "/activity?kind=error").json() if "CA_PEM" in e["message"]
+            ],
+            what="the configuration error",
+        )
+        assert "WEBHOOK_CA_PEM" in errors[0]["message"]
+
+        # Trusting the CA delivers the waiting message.
+        orchestrator.call("PATCH", base, 200, json={"config": {"ca_pem": ca.read_text()}})
+        (received,) = wait_for(sink.accepted, timeout=60, what="delivery over HTTPS")
+        assert received.path == "/in" and received.json()["uplink_message"]["decoded_payload"] == {"n": 1}

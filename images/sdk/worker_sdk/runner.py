@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings
 
 from .errors import ConfigurationError
 from .messages import describe_errors
+from .mqtt import MqttConnection
 from .redact import RedactingFilter, Redactor
 from .settings import HandlerSettings, WorkerSettings
 from .worker import Worker
@@ -49,6 +50,17 @@ def _ignore_cancelled_acks(loop: asyncio.AbstractEventLoop, context: dict[str, A
 
 
 async def _report_bad_configuration(worker: Worker, problems: list[str]) -> None:
+    # A connection of its own: resuming the worker's persistent session would hand this process the
+    # messages waiting for the integration, and with no handler for them they would be acknowledged, lost.
+    handler = worker.handler
+    worker.mqtt = MqttConnection(
+        handler.mqtt_url,
+        worker.mqtt.client_id + "-config",
+        username=handler.broker_username,
+        password=handler.broker_password,
+        persistent=False,
+        ca_file=handler.ca_file,
+    )
     try:
         await worker.mqtt.connect()
         await worker.report("error", "invalid configuration: " + "; ".join(problems), problems=problems)

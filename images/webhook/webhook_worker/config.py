@@ -35,7 +35,8 @@ class WebhookSettings(ImageSettings):
     downlink_confirmed: bool = False
     timeout_seconds: float = Field(10.0, gt=0, le=300)
     tls_verify: bool = True
-    ca_file: str = ""
+    ca_file: str = Field("", description="Path of an extra CA (PEM) to trust")
+    ca_pem: str = Field("", description="The same as PEM text (a container has no files of the user's)")
     events: str = Field("uplink", description="Comma-separated events to send")
 
     @field_validator("url")

@@ -59,14 +59,26 @@ class WebhookWorker(Worker):
             self.needs_context = self.builder.needs_context or bool(self.settings.response_template)
         except TemplateError as err:
             raise ConfigurationError([str(err)]) from err
+        self.ssl_context = self._ssl_context()
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        """False: no checks; True: aiohttp's verified context (built at import, so no second ~40 ms here)."""
+        settings = self.settings
+        if not settings.tls_verify or not (settings.ca_file or settings.ca_pem.strip()):
+            return settings.tls_verify
+        name = "WEBHOOK_CA_FILE" if settings.ca_file else "WEBHOOK_CA_PEM"
+        try:
+            context = ssl.create_default_context(cafile=settings.ca_file or None)
+            if settings.ca_pem.strip():
+                context.load_verify_locations(cadata=settings.ca_pem)
+        except (OSError, ssl.SSLError, ValueError) as err:
+            raise ConfigurationError([f"{name}: not a readable PEM certificate ({err})"]) from err
+        return context
 
     async def setup(self) -> None:
         """Open the HTTP client: TLS verification on unless turned off, one connection pool."""
-        ssl_context: ssl.SSLContext | bool = False
-        if self.settings.tls_verify:
-            ssl_context = ssl.create_default_context(cafile=self.settings.ca_file or None)
         self.client = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.worker.concurrency, ssl=ssl_context),
+            connector=aiohttp.TCPConnector(limit=self.worker.concurrency, ssl=self.ssl_context),
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
         )
 
@@ -110,13 +122,16 @@ class WebhookWorker(Worker):
                 data = await response.content.read(MAX_RESPONSE_BYTES)
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 status = response.status
-        except (aiohttp.InvalidURL, ValueError) as err:
+        except aiohttp.InvalidURL as err:
             raise PermanentError(f"invalid request URL {request.url!r}: {err}") from err
+        # Before ValueError: certificate errors are ValueErrors too, and may pass (a renewed certificate).
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             kind = "timed out" if isinstance(err, TimeoutError) else f"failed: {err}"
             raise RetryableError(
                 f"{request.method} {request.url} {kind}", request={"method": request.method, "url": request.url}
             ) from err
+        except ValueError as err:
+            raise PermanentError(f"invalid request URL {request.url!r}: {err}") from err
         duration_ms = int((time.monotonic() - started) * 1000)
         return status, data.decode("utf-8", "replace"), duration_ms, retry_after
 
