@@ -90,6 +90,7 @@ class Orchestrator:
             if not self.settings.broker.worker_url:
                 self.broker.extra_hosts = self.runtime.extra_listen_addresses()
             await self.broker.start()
+            self.broker.supervise()
         await self.handler.start()
         self.reconciler.start()
         log.info(

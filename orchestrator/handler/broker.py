@@ -16,6 +16,8 @@ from ..errors import BrokerError
 
 log = logging.getLogger(__name__)
 ADMIN_USER = "orchestrator"
+SUPERVISE_INTERVAL_SECONDS = 1.0
+RESTART_DELAY_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class ManagedBroker:
         self.process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.extra_hosts: list[str] = []  # more addresses to listen on, e.g. Docker's bridge gateway
+        self.restarts = 0  # times the supervisor restarted a broker that had exited
+        self._supervisor: asyncio.Task[None] | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -115,17 +119,50 @@ class ManagedBroker:
                     f"port {self.port} on {self.host} is already in use (a system Mosquitto? stop it, or set "
                     f"ORCH_BROKER__URL=mqtt://{self.host}:<free port>, or use it with ORCH_BROKER__MODE=external)"
                 )
-            log_file = (self.directory / "mosquitto.stderr").open("ab")
-            self.process = subprocess.Popen(
-                [self.binary, "-c", str(self.directory / "mosquitto.conf")],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C meant for us must not stop it before the handler disconnects
-            )
-            self.pid = self.process.pid
-            log.info("started Mosquitto (pid %d) on %s:%d", self.pid, self.host, self.port)
+            self._spawn()
         await self._wait_ready()
+
+    def _spawn(self) -> None:
+        log_file = (self.directory / "mosquitto.stderr").open("ab")
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.directory / "mosquitto.conf")],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C meant for us must not stop it before the handler disconnects
+        )
+        self.pid = self.process.pid
+        log.info("started Mosquitto (pid %d) on %s:%d", self.pid, self.host, self.port)
+
+    def running(self) -> bool:
+        """True while the broker process (started or adopted) is alive."""
+        if self.process is not None:
+            return self.process.poll() is None
+        return bool(self.pid and _alive(self.pid))
+
+    def supervise(self) -> None:
+        """Restart Mosquitto whenever it exits, until `stop`: a crashed broker must not stay an outage."""
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        delay = 1.0
+        while True:
+            await asyncio.sleep(SUPERVISE_INTERVAL_SECONDS)
+            if self.running():
+                continue
+            code = self.process.returncode if self.process is not None else None
+            # Sessions and queued messages come back from its persistence file (saved every 10 s and at exit).
+            log.error("Mosquitto exited (exit code %s: %s); restarting it", code, self._log_tail())
+            try:
+                self._spawn()
+                await self._wait_ready()
+            except (BrokerError, OSError) as err:
+                log.error("could not restart Mosquitto: %s; next try in %.0f s", err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_DELAY_MAX_SECONDS)
+                continue
+            self.restarts += 1
+            delay = 1.0
 
     async def _listening(self) -> bool:
         try:
@@ -154,7 +191,10 @@ class ManagedBroker:
         return " | ".join(lines) or "no output"
 
     async def stop(self) -> None:
-        """Stop the broker (it saves its sessions first)."""
+        """Stop supervising, then the broker (it saves its sessions first)."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
         if not self.pid or not _alive(self.pid):
             return
         os.kill(self.pid, signal.SIGTERM)

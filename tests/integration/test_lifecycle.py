@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
+from typing import Any
 
+import httpx
 from httpx_sse import connect_sse
 
 from tests.support.orchestrator import RunningOrchestrator, pid_alive
@@ -123,3 +126,24 @@ def test_replicas_share_the_messages(orchestrator: RunningOrchestrator, sink: Ht
     assert numbers == list(range(40))  # each exactly once
     logs = orchestrator.worker_logs()
     assert "life-app--hook.0.log" in logs and "life-app--hook.1.log" in logs
+
+
+def test_a_crashed_managed_broker_is_restarted(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "dev-1")
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url})
+    orchestrator.wait_state(APP, "hook", "running")
+    broker_pid = int((orchestrator.data_dir / "mosquitto" / "mosquitto.pid").read_text())
+    os.kill(broker_pid, signal.SIGKILL)
+
+    def recovered() -> dict[str, Any] | None:
+        health = httpx.get(orchestrator.url + "/healthz", timeout=5)
+        body = health.json()
+        return body if health.status_code == 200 and body["managed_broker"]["restarts"] == 1 else None
+
+    health = wait_for(recovered, timeout=30, what="the broker restarted and the handler reconnected")
+    assert health["managed_broker"]["running"] is True
+    # The worker reconnected too: a new uplink is delivered.
+    orchestrator.uplink(APP, "dev-1", {"f_port": 1, "decoded_payload": {"after": "crash"}})
+    (received,) = wait_for(sink.accepted, timeout=30, what="delivery after the broker restart")
+    assert received.json()["uplink_message"]["decoded_payload"] == {"after": "crash"}

@@ -23,4 +23,6 @@ async def health(orch: OrchestratorDep) -> JSONResponse:
         "templates": len(orch.templates.templates),
         "reconciler": {"passes": orch.reconciler.passes, "last_pass_seconds": orch.reconciler.last_pass_seconds},
     }
+    if orch.broker is not None:
+        body["managed_broker"] = {"running": orch.broker.running(), "restarts": orch.broker.restarts}
     return JSONResponse(body, status_code=200 if connected else 503)
