@@ -154,6 +154,27 @@ def test_client_errors_are_not_retried_and_become_error_events(
     assert orchestrator.integration(APP, "hook")["status"]["last_error"].startswith("POST")
 
 
+def test_redirects_are_not_followed_into_a_bodiless_get(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    # A 301 to a GET endpoint would make a lost message look delivered; it is an error naming the new URL.
+    setup_app(orchestrator, "dev-1")
+    sink.responder = lambda request: (
+        (301, {"Location": sink.url + "/moved"}, b"") if request.path == "/old" else (200, {}, b"ok")
+    )
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url + "/old"})
+    orchestrator.wait_state(APP, "hook", "running")
+    orchestrator.uplink(APP, "dev-1", {"f_port": 1})
+    errors = wait_for(
+        lambda: orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/hook/activity?kind=error").json(),
+        what="error event",
+    )
+    assert f"redirect to {sink.url}/moved" in errors[0]["message"]
+    assert [request.path for request in sink.accepted()] == ["/old"]  # nothing went to /moved
+    counters = wait_for(
+        lambda: (c := orchestrator.integration(APP, "hook")["counters"])["failed"] == 1 and c, what="failed counter"
+    )
+    assert counters["delivered"] == 0
+
+
 def test_disable_stops_worker_and_enable_delivers_what_came_meanwhile(
     orchestrator: RunningOrchestrator, sink: HttpSink
 ) -> None:

@@ -115,13 +115,17 @@ class WebhookWorker(Worker):
     async def _send(self, request: OutgoingRequest) -> tuple[int, str, int, float | None]:
         """Send the request: status, body (first 64 KiB), duration in ms, and Retry-After seconds."""
         started = time.monotonic()
+        # Following a 301/302/303 turns a POST into a GET without its body: the message would be reported
+        # delivered although it never arrived. Only GET requests follow redirects.
+        follow = request.method == "GET"
         try:
             async with self.client.request(
-                request.method, request.url, headers=request.headers, data=request.body
+                request.method, request.url, headers=request.headers, data=request.body, allow_redirects=follow
             ) as response:
                 data = await response.content.read(MAX_RESPONSE_BYTES)
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 status = response.status
+                location = response.headers.get("Location", "")
         except aiohttp.InvalidURL as err:
             raise PermanentError(f"invalid request URL {request.url!r}: {err}") from err
         # Before ValueError: certificate errors are ValueErrors too, and may pass (a renewed certificate).
@@ -133,6 +137,13 @@ class WebhookWorker(Worker):
         except ValueError as err:
             raise PermanentError(f"invalid request URL {request.url!r}: {err}") from err
         duration_ms = int((time.monotonic() - started) * 1000)
+        if 300 <= status < 400:
+            raise PermanentError(
+                f"{request.method} {request.url} answered HTTP {status}, a redirect to {location or 'nowhere'}; "
+                "not followed, as the request would lose its body: set the integration's URL to the new address",
+                request={"method": request.method, "url": request.url},
+                response={"status": status, "location": location},
+            )
         return status, data.decode("utf-8", "replace"), duration_ms, retry_after
 
     async def _answer_with_downlinks(self, event: Event, context: dict[str, Any], status: int, body: str) -> None:
