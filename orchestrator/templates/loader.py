@@ -95,7 +95,10 @@ def _cross_checks(template: IntegrationTemplate, path: Path) -> list[tuple[tuple
             if ref not in seen_ids:
                 problems.append((("environment", name), f"${{{ref}}} names no field of this template"))
     local_logo = template.logo and not template.logo.startswith(("http://", "https://"))
-    if local_logo and not (path.parent / str(template.logo)).is_file():
+    logo_file = (path.parent / str(template.logo)).resolve()
+    if local_logo and not logo_file.is_relative_to(path.parent.resolve()):
+        problems.append((("logo",), f"logo file {template.logo} is outside the templates folder"))
+    elif local_logo and not logo_file.is_file():
         problems.append((("logo",), f"logo file {template.logo} not found next to the template"))
     return problems
 

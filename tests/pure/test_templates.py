@@ -169,3 +169,13 @@ def test_omitted_secret_keeps_the_stored_value() -> None:
     resolved, problems = check_values(template, {}, kept_secrets={"token": "BBFF-123"})
     assert problems == []
     assert resolved.environment["WEBHOOK_AUTH_TOKEN"] == "BBFF-123"
+
+
+def test_a_logo_must_be_a_file_inside_the_templates_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (tmp_path / "secret.svg").write_text("<svg/>")
+    outside = GOOD.format(id="example").replace("version: 1.0.0", "version: 1.0.0\nlogo: ../secret.svg")
+    assert any("outside the templates folder" in p for p in problems_of(folder, outside))
+    missing = GOOD.format(id="example").replace("version: 1.0.0", "version: 1.0.0\nlogo: logos/none.svg")
+    assert any("logo file logos/none.svg not found" in p for p in problems_of(folder, missing))
