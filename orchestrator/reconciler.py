@@ -98,6 +98,8 @@ class Reconciler:
         while True:
             try:
                 await self.reconcile_all()
+            except OrchestratorError as err:  # e.g. the Docker engine is down: say so, without a traceback
+                log.error("reconcile pass failed: %s; next pass in %.0f s", err.detail, interval)
             except Exception:
                 log.exception("reconcile pass failed; next pass in %.0f s", interval)
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
@@ -126,6 +128,8 @@ class Reconciler:
                 continue
             try:
                 await self.reconcile(record)
+            except OrchestratorError as err:
+                log.error("could not reconcile %s: %s", record.runtime_name, err.detail)
             except Exception:
                 log.exception("could not reconcile %s", record.runtime_name)
         self.passes += 1

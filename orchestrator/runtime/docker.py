@@ -142,7 +142,10 @@ class DockerRuntime(Runtime):
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # The docker SDK blocks: keep it off the event loop.
-        return await asyncio.to_thread(function, *args, **kwargs)
+        try:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        except (DockerException, RequestException) as err:  # what the calls did not expect, e.g. no engine
+            raise RuntimeFailure(f"the Docker engine failed: {_short(err)}") from err
 
     def _containers(self, name: str | None = None) -> list[Container]:
         # Only this orchestrator's containers: several orchestrators may share one engine.

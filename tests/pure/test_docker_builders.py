@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
+
+import pytest
 
 from orchestrator.runtime.base import WorkerSpec
 from orchestrator.runtime.docker import container_labels, container_name, container_options, via_host_alias
@@ -71,3 +75,18 @@ def test_loopback_urls_become_the_host_alias() -> None:
     assert via_host_alias("mqtt://127.0.0.1:1883") == "mqtt://host.docker.internal:1883"
     assert via_host_alias("http://localhost:8080/api") == "http://host.docker.internal:8080/api"
     assert via_host_alias("mqtts://broker.example.com:8883") == "mqtts://broker.example.com:8883"
+
+
+def test_an_unreachable_engine_is_a_clear_runtime_failure(tmp_path: Path) -> None:
+    import docker
+
+    from orchestrator.config import Settings
+    from orchestrator.errors import RuntimeFailure
+    from orchestrator.runtime.docker import DockerRuntime
+
+    # A fixed API version: the client would otherwise ask the (missing) engine for one right here.
+    client = docker.DockerClient(base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41", timeout=5)
+    runtime = DockerRuntime(Settings(data_dir=tmp_path), client=client)
+    for call in (runtime.status("app--hook"), runtime.list_workers(), runtime.stop("app--hook")):
+        with pytest.raises(RuntimeFailure, match="the Docker engine failed"):
+            asyncio.run(call)
