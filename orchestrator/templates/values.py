@@ -18,6 +18,8 @@ class FieldProblem(ValueError):
 def coerce(spec: TemplateField, value: Any) -> Any:
     """The value converted to the field's type and checked against enum and pattern."""
     value = _convert(spec, value)
+    if "\x00" in as_text(value):  # values become environment variables, which cannot hold one
+        raise FieldProblem("must not contain a NUL character")
     if spec.enum is not None and value not in spec.enum:
         raise FieldProblem("must be one of " + ", ".join(map(str, spec.enum)))
     if spec.pattern is not None and not re.fullmatch(spec.pattern, as_text(value)):

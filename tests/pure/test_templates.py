@@ -140,6 +140,14 @@ def test_values_are_checked_all_at_once() -> None:
     assert "unknown field" in fields["config.colour"]
 
 
+def test_a_nul_character_is_refused_where_an_environment_variable_cannot_hold_it() -> None:
+    template = load_template(TEMPLATES / "webhook.yaml")
+    _, problems = check_values(template, {"url": "http://127.0.0.1:9/", "body": "a\x00b"})
+    assert problems == [{"field": "config.body", "message": "Body template must not contain a NUL character"}]
+    _, problems = check_values(template, {"url": "http://127.0.0.1:9/", "headers": {"X-A": "a\x00b"}})
+    assert problems == []  # inside JSON it is escaped, so it is fine
+
+
 def test_environment_is_built_from_fields_and_fixed_values() -> None:
     template = load_template(TEMPLATES / "influxdb-v2.yaml")
     resolved, problems = check_values(
