@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
+from typing import IO
 
 import click
 from pydantic import ValidationError
@@ -38,6 +41,7 @@ def serve(host: str | None, port: int | None) -> None:
             click.echo(f"configuration error: {field}: {problem['msg']}", err=True)
         sys.exit(2)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lock = _lock_data_dir(settings.data_dir)  # held until the process exits
     app = create_app(settings)
     token_file = settings.data_dir / "admin.token"
     if settings.admin_token is None:
@@ -55,6 +59,28 @@ def serve(host: str | None, port: int | None) -> None:
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False
     )
     uvicorn.Server(config).run(sockets=sockets)
+    lock.close()
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """One orchestrator per data directory: two would share a broker and fight over the same workers."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = (data_dir / "orchestrator.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        click.echo(
+            f"another orchestrator (pid {holder}) uses the data directory {data_dir}; stop it, or give this one "
+            "its own ORCH_DATA_DIR",
+            err=True,
+        )
+        sys.exit(2)
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 from httpx_sse import connect_sse
 
-from tests.support.orchestrator import RunningOrchestrator, pid_alive
+from tests.support.orchestrator import RunningOrchestrator, free_port, pid_alive
 from tests.support.sink import HttpSink
 from tests.support.waiting import wait_for
 
@@ -147,3 +149,25 @@ def test_a_crashed_managed_broker_is_restarted(orchestrator: RunningOrchestrator
     orchestrator.uplink(APP, "dev-1", {"f_port": 1, "decoded_payload": {"after": "crash"}})
     (received,) = wait_for(sink.accepted, timeout=30, what="delivery after the broker restart")
     assert received.json()["uplink_message"]["decoded_payload"] == {"after": "crash"}
+
+
+def test_a_second_orchestrator_on_the_same_data_directory_refuses_to_start(
+    orchestrator: RunningOrchestrator, sink: HttpSink
+) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url})
+    pid = orchestrator.wait_state(APP, "hook", "running")["status"]["handle"]["pids"][0]
+    second = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "serve"],
+        env={**orchestrator.env, "ORCH_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 2
+    assert orchestrator.process is not None
+    assert f"another orchestrator (pid {orchestrator.process.pid}) uses the data directory" in second.stderr
+    assert "Traceback" not in second.stderr
+    # The first one and its worker carry on.
+    assert httpx.get(orchestrator.url + "/healthz", timeout=5).status_code == 200
+    assert orchestrator.wait_state(APP, "hook", "running")["status"]["handle"]["pids"] == [pid] and pid_alive(pid)
