@@ -11,6 +11,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from worker_sdk import topics
+
 from .config import Settings
 from .db.models import Integration, utcnow
 from .errors import OrchestratorError
@@ -19,6 +21,7 @@ from .integrations import service
 from .integrations.recorder import IntegrationRecorder
 from .integrations.secrets import SecretBox
 from .runtime.base import MISSING, Runtime, WorkerSpec, WorkerState, WorkerStatus
+from .schemas import MAX_REPLICAS
 from .templates import TemplateRegistry
 
 log = logging.getLogger(__name__)
@@ -163,8 +166,14 @@ class Reconciler:
             await self.runtime.stop(record.runtime_name)
             self._backoff.pop(record.runtime_name, None)
             self.recorder.forget(record.application_id, record.id)
-        for replica in range(record.replicas):
-            topic = f"v3/{record.application_id}/integrations/{record.id}/status/{replica}"
+            await self._clear_replicas(record, range(record.replicas))
+
+    async def _clear_replicas(self, record: Integration, replicas: range) -> None:
+        """Remove the broker sessions and retained status of replicas that no longer run."""
+        app_id, integration_id = record.application_id, record.id
+        await self.handler.forget_sessions([topics.worker_client_id(app_id, integration_id, r) for r in replicas])
+        for replica in replicas:
+            topic = topics.integration_topic(app_id, integration_id, f"status/{replica}")
             await self.handler.mqtt.publish(topic, b"", retain=True)
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -213,7 +222,12 @@ class Reconciler:
         now = time.monotonic()
         if name in self._restart or (active and status.config_hash != spec.config_hash):
             self._restart.discard(name)
-            return await self._start(record, spec, observed, reason="restart or new configuration")
+            observed = await self._start(record, spec, observed, reason="restart or new configuration")
+            if observed.actual_state == "starting":
+                # Fewer replicas than before, perhaps: the sessions of the ones gone would keep a share of
+                # the messages for ever.
+                await self._clear_replicas(record, range(spec.replicas, MAX_REPLICAS))
+            return observed
         if status.state in (WorkerState.MISSING, WorkerState.STOPPED):
             if backoff.failures and now < backoff.next_attempt:
                 return observed  # the last start failed: wait for the back-off

@@ -11,6 +11,7 @@ from worker_sdk.messages import Base64Str, Eui, Identifier
 
 from .handler.keys import SCOPES
 
+MAX_REPLICAS = 32
 ActualState = Literal["pending", "starting", "running", "stopped", "failed"]
 MAX_ATTRIBUTES = 64
 
@@ -132,7 +133,7 @@ class IntegrationCreate(Strict):
     name: str = Field("", max_length=200)
     config: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
-    replicas: int = Field(1, ge=1, le=32)
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
     resources: ResourceOverrides = ResourceOverrides()
 
 
@@ -141,7 +142,7 @@ class IntegrationUpdate(Strict):
 
     name: str | None = Field(None, max_length=200)
     config: dict[str, Any] | None = None
-    replicas: int | None = Field(None, ge=1, le=32)
+    replicas: int | None = Field(None, ge=1, le=MAX_REPLICAS)
     resources: ResourceOverrides | None = None
 
 

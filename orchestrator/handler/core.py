@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from worker_sdk import topics
 from worker_sdk.messages import DownlinkRequest, describe_errors, end_device_ids, now_iso
-from worker_sdk.mqtt import MqttConnection
+from worker_sdk.mqtt import MqttConnection, MqttError
 
 from ..config import Settings
 from ..db import Database
@@ -51,11 +51,15 @@ class Handler:
         self.mqtt_password = broker_password
         broker = settings.broker
         external = broker.mode == "external"
+        self._broker_login = (
+            broker.username if external else ADMIN_USER,
+            (broker.password.get_secret_value() if broker.password else None) if external else broker_password,
+        )
         self.mqtt = MqttConnection(
             broker.url,
             "orchestrator-handler",
-            username=broker.username if external else ADMIN_USER,
-            password=(broker.password.get_secret_value() if broker.password else None) if external else broker_password,
+            username=self._broker_login[0],
+            password=self._broker_login[1],
             receive_maximum=256,
         )
         self._devices: dict[tuple[str, str], dict[str, Any]] = {}
@@ -86,6 +90,30 @@ class Handler:
         if self._expiry_task:
             self._expiry_task.cancel()
         await self.mqtt.disconnect()
+
+    async def forget_sessions(self, client_ids: list[str]) -> None:
+        """End the broker sessions of workers that are gone for good, and the messages queued for them.
+
+        A session outlives its worker: left behind, it keeps its subscriptions (a shared one still takes
+        its turn of the messages) and the broker queues for it without end. Connecting with its client id
+        and a clean start replaces it; no worker may be using the id.
+        """
+
+        async def forget(client_id: str) -> None:
+            connection = MqttConnection(
+                self.settings.broker.url,
+                client_id,
+                username=self._broker_login[0],
+                password=self._broker_login[1],
+                persistent=False,
+            )
+            try:
+                await connection.connect(timeout=10)
+                await connection.disconnect()
+            except (MqttError, TimeoutError, OSError) as err:
+                log.warning("could not end the broker session %s: %s", client_id, err)
+
+        await asyncio.gather(*(forget(client_id) for client_id in client_ids))
 
     async def run_db(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a synchronous database function inside one committed session (see Database.inline)."""

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,18 @@ def test_replicas_share_the_messages(orchestrator: RunningOrchestrator, sink: Ht
     logs = orchestrator.worker_logs()
     assert "life-app--hook.0.log" in logs and "life-app--hook.1.log" in logs
 
+    # Scaled down to one: the replica that went takes no share of the messages with it, and none
+    # arrives twice.
+    sink.clear()
+    orchestrator.call("PATCH", f"/api/v1/applications/{APP}/integrations/hook", 200, json={"replicas": 1})
+    orchestrator.wait_state(APP, "hook", "running")
+    for count in range(20):
+        orchestrator.uplink(APP, "dev-1", {"f_port": 1, "decoded_payload": {"n": count}})
+    wait_for(lambda: len(sink.accepted()) >= 20, what="20 deliveries after scaling down")
+    time.sleep(2)  # room for a duplicate to show up
+    numbers = sorted(r.json()["uplink_message"]["decoded_payload"]["n"] for r in sink.accepted())
+    assert numbers == list(range(20))
+
 
 def test_a_crashed_managed_broker_is_restarted(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
     orchestrator.create_application(APP)
@@ -171,3 +184,22 @@ def test_a_second_orchestrator_on_the_same_data_directory_refuses_to_start(
     # The first one and its worker carry on.
     assert httpx.get(orchestrator.url + "/healthz", timeout=5).status_code == 200
     assert orchestrator.wait_state(APP, "hook", "running")["status"]["handle"]["pids"] == [pid] and pid_alive(pid)
+
+
+def test_a_deleted_integration_leaves_no_queue_behind(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    # An integration created later under the same id starts afresh instead of receiving what was sent
+    # while none existed. (The orchestrator ends the deleted one's broker session; Mosquitto would also
+    # refuse to hand it to a client with another user name, but other brokers may not.)
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "dev-1")
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url + "/old"})
+    orchestrator.wait_state(APP, "hook", "running")
+    orchestrator.call("DELETE", f"/api/v1/applications/{APP}/integrations/hook", 204)
+    for count in range(3):
+        orchestrator.uplink(APP, "dev-1", {"f_port": 1, "decoded_payload": {"while_deleted": count}})
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url + "/new"})
+    orchestrator.wait_state(APP, "hook", "running")
+    orchestrator.uplink(APP, "dev-1", {"f_port": 1, "decoded_payload": {"after": True}})
+    wait_for(sink.accepted, what="the new integration's delivery")
+    time.sleep(2)  # room for stale messages to show up
+    assert [r.json()["uplink_message"]["decoded_payload"] for r in sink.accepted()] == [{"after": True}]

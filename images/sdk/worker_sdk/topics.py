@@ -51,6 +51,11 @@ def integration_topic(app_id: str, integration_id: str, suffix: str) -> str:
     return f"{PREFIX}/{app_id}/integrations/{integration_id}/{suffix}"
 
 
+def worker_client_id(app_id: str, integration_id: str, replica: int) -> str:
+    """The MQTT client id (and so the broker session) of one replica of an integration."""
+    return f"integration-{app_id}-{integration_id}-{replica}"
+
+
 def shared(group: str, topic_filter: str) -> str:
     """A shared subscription, so that replicas of one integration split the messages."""
     return f"$share/{group}/{topic_filter}"

@@ -113,7 +113,7 @@ class Worker:
         self.http: aiohttp.ClientSession | None = None
         self.mqtt = MqttConnection(
             handler.mqtt_url,
-            f"integration-{self.app_id}-{self.integration_id}-{worker.replica}",
+            topics.worker_client_id(self.app_id, self.integration_id, worker.replica),
             username=handler.broker_username,
             password=handler.broker_password,
             receive_maximum=worker.concurrency,
@@ -219,10 +219,9 @@ class Worker:
         for name in self.events:
             if name.startswith("device."):
                 continue  # device events arrive on the registry subscription below
-            topic_filter = topics.event_topic(self.app_id, name)
-            if self.worker.replicas > 1:
-                topic_filter = topics.shared(group, topic_filter)
-            self.mqtt.subscribe(topic_filter, self._on_message)
+            # Shared even with one replica: the filter, kept in the persistent session, stays the same when
+            # the replica count changes (a plain and a shared one side by side would deliver twice).
+            self.mqtt.subscribe(topics.shared(group, topics.event_topic(self.app_id, name)), self._on_message)
         # Every replica needs every registry change, so this one is never shared.
         self.mqtt.subscribe(topics.device_topic(self.app_id, "+", "events/+"), self._on_device_message)
         # The console's TEST button: a sample uplink for this integration only.
