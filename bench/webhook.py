@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ class Sink:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            ["python", "-m", "bench.sink", str(self.port)], cwd=Path(__file__).parent.parent
+            [sys.executable, "-m", "bench.sink", str(self.port)], cwd=Path(__file__).parent.parent
         )
         wait_for(lambda: self._up(), 20, what="the sink")
 
