@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from worker_sdk import topics
+from worker_sdk.mqtt import MqttError
 
 from .config import Settings
 from .db.models import Integration, utcnow
@@ -172,9 +173,12 @@ class Reconciler:
         """Remove the broker sessions and retained status of replicas that no longer run."""
         app_id, integration_id = record.application_id, record.id
         await self.handler.forget_sessions([topics.worker_client_id(app_id, integration_id, r) for r in replicas])
-        for replica in replicas:
-            topic = topics.integration_topic(app_id, integration_id, f"status/{replica}")
-            await self.handler.mqtt.publish(topic, b"", retain=True)
+        try:
+            for replica in replicas:
+                topic = topics.integration_topic(app_id, integration_id, f"status/{replica}")
+                await self.handler.mqtt.publish(topic, b"", retain=True)
+        except MqttError as err:  # a stale status is harmless; failing the delete for it is not
+            log.warning("could not clear the status of %s's replicas: %s", record.runtime_name, err)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

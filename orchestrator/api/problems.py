@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from worker_sdk.mqtt import MqttError
+
 from ..errors import AuthenticationError, OrchestratorError, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,14 @@ def install_problem_handlers(app: FastAPI) -> None:
             errors.append({"field": _field(tuple(item.get("loc", ()))), "message": message})
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem(422, "Invalid input", detail, errors=errors)
+
+    @app.exception_handler(MqttError)
+    async def broker_unavailable(request: Request, err: MqttError) -> JSONResponse:
+        # Nothing was accepted: the client may send the same request again.
+        log.error("%s %s failed: %s", request.method, request.url.path, err)
+        response = problem(503, "Broker unavailable", f"{err}; nothing was accepted, try again")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:

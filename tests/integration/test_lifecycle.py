@@ -203,3 +203,18 @@ def test_a_deleted_integration_leaves_no_queue_behind(orchestrator: RunningOrche
     wait_for(sink.accepted, what="the new integration's delivery")
     time.sleep(2)  # room for stale messages to show up
     assert [r.json()["uplink_message"]["decoded_payload"] for r in sink.accepted()] == [{"after": True}]
+
+
+def test_an_unresponsive_broker_is_a_503_that_names_it(orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "dev-1")
+    broker_pid = int((orchestrator.data_dir / "mosquitto" / "mosquitto.pid").read_text())
+    os.kill(broker_pid, signal.SIGSTOP)  # alive but silent: no acknowledgement comes
+    try:
+        path = f"/api/v1/applications/{APP}/devices/dev-1/uplinks"
+        answer = orchestrator.call("POST", path, 503, json={"f_port": 1}, timeout=60)
+        assert answer.headers["retry-after"] == "5"
+        assert "nothing was accepted, try again" in answer.json()["detail"]
+    finally:
+        os.kill(broker_pid, signal.SIGCONT)
+    orchestrator.call("POST", path, 201, json={"f_port": 1}, timeout=60)  # and it recovers

@@ -183,8 +183,11 @@ class MqttConnection:
         """Publish; with QoS 1, return only once the broker acknowledged the message."""
         if isinstance(payload, dict):
             payload = json.dumps(payload, separators=(",", ":"))
-        async with asyncio.timeout(timeout):
-            await self._connected.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError as err:
+            raise MqttError(f"not connected to the MQTT broker {self.host}:{self.port} for {timeout:.0f} s") from err
         self._client.publish(topic, payload, qos=qos, retain=retain)
         if qos == 0:
             return
