@@ -168,7 +168,9 @@ def test_console_fits_a_phone(browser: Browser, orchestrator: RunningOrchestrato
     context.close()
 
 
-def test_console_pages_through_many_integrations(browser: Browser, orchestrator: RunningOrchestrator) -> None:
+def test_console_pages_through_many_integrations_and_devices(
+    browser: Browser, orchestrator: RunningOrchestrator
+) -> None:
     orchestrator.create_application("fleet")
     for number in range(52):
         orchestrator.create_integration(
@@ -185,4 +187,15 @@ def test_console_pages_through_many_integrations(browser: Browser, orchestrator:
     expect(page.locator("[data-integration]")).to_have_count(2)
     expect(page.locator("[data-integration=hook-51]")).to_be_visible()
     expect(page.get_by_role("button", name="Next")).to_be_disabled()
+
+    for number in range(51):
+        orchestrator.create_device("fleet", f"sensor-{number:02}")
+    page.goto(orchestrator.url + "/#/apps/fleet/devices")
+    expect(page.get_by_role("heading", name="Devices (51)")).to_be_visible()
+    expect(page.locator("[data-device]")).to_have_count(50)
+    page.get_by_role("button", name="Next").click()
+    expect(page.get_by_text("51\u201351 of 51")).to_be_visible()
+    expect(page.locator("[data-device=sensor-50]")).to_be_visible()
+    page.get_by_role("button", name="Previous").click()
+    expect(page.locator("[data-device=sensor-00]")).to_be_visible()
     page.close()

@@ -2,7 +2,7 @@
 
 import { api, events } from "./api.js";
 import { onLeave } from "./app.js";
-import { flash, h, render, stateBadge, when } from "./ui.js";
+import { flash, h, pager, render, stateBadge, when } from "./ui.js";
 
 export async function applicationPage(appId, tab = "integrations") {
   const application = await api("GET", `/applications/${appId}`);
@@ -24,10 +24,8 @@ async function integrationsTab(appId, body) {
   const table = h("tbody", {});
   const state = h("select", { id: "state-filter" },
     h("option", { value: "" }, "All states"), ...STATES.map((name) => h("option", { value: name }, name)));
-  const shown = h("span", { class: "muted small", "aria-live": "polite" });
-  const previous = h("button", { type: "button", class: "secondary", onclick: () => go(-PAGE_SIZE) }, "Previous");
-  const next = h("button", { type: "button", class: "secondary", onclick: () => go(PAGE_SIZE) }, "Next");
   let offset = 0;
+  const pages = pager(PAGE_SIZE, (to) => { offset = to; refresh().catch(() => {}); });
   const refresh = async () => {
     const filter = state.value ? `&state=${state.value}` : "";
     const page = await api("GET", `/applications/${appId}/integrations?limit=${PAGE_SIZE}&offset=${offset}${filter}`);
@@ -44,13 +42,7 @@ async function integrationsTab(appId, body) {
         `${item.counters.failed} failed · ${item.counters.retried} retried`)),
       h("td", { class: "small" }, item.status.last_error ? h("span", { class: "error-text" }, item.status.last_error.slice(0, 120)) : "—"),
     )) : [h("tr", {}, h("td", { colspan: 5, class: "muted" }, empty))]));
-    shown.textContent = page.total ? `${offset + 1}–${offset + page.items.length} of ${page.total}` : "";
-    previous.disabled = offset === 0;
-    next.disabled = offset + page.items.length >= page.total;
-  };
-  const go = (step) => {
-    offset = Math.max(0, offset + step);
-    refresh().catch(() => {});
+    pages.show(page);
   };
   state.addEventListener("change", () => { offset = 0; refresh().catch(() => {}); });
   await refresh();
@@ -58,8 +50,7 @@ async function integrationsTab(appId, body) {
   onLeave(() => clearInterval(timer));
   body.replaceChildren(
     h("div", { class: "row spread" }, h("h2", {}, "Integrations"), h("a", { class: "button", href: `#/apps/${appId}/gallery` }, "Add integration")),
-    h("div", { class: "row filters" }, h("label", { for: "state-filter" }, "Show"), state,
-      h("div", { class: "pager" }, shown, previous, next)),
+    h("div", { class: "row filters" }, h("label", { for: "state-filter" }, "Show"), state, pages.element),
     h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Integrations", "aria-live": "polite" },
       h("thead", {}, h("tr", {}, ["Name", "Template", "State", "Deliveries", "Last error"].map((t) => h("th", { scope: "col" }, t)))),
       table)),
@@ -108,12 +99,15 @@ function deviceForm(appId, device, done) {
     editing ? h("button", { type: "button", class: "secondary", onclick: done }, "Cancel") : null));
 }
 
-async function devicesTab(appId, body) {
-  const page = await api("GET", `/applications/${appId}/devices?limit=500`);
-  const reload = () => devicesTab(appId, body);
+async function devicesTab(appId, body, offset = 0) {
+  const page = await api("GET", `/applications/${appId}/devices?limit=${PAGE_SIZE}&offset=${offset}`);
+  if (!page.items.length && offset > 0) return devicesTab(appId, body, Math.max(0, offset - PAGE_SIZE));
+  const reload = () => devicesTab(appId, body, offset);
+  const pages = pager(PAGE_SIZE, (to) => devicesTab(appId, body, to));
+  pages.show(page);
   const formSlot = h("div", {}, deviceForm(appId, null, reload));
   body.replaceChildren(
-    h("h2", {}, `Devices (${page.total})`),
+    h("div", { class: "row spread" }, h("h2", {}, `Devices (${page.total})`), pages.element),
     h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Devices" },
       h("thead", {}, h("tr", {}, ["Id", "Name", "DevEUI", "Attributes", ""].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, page.items.map((device) => h("tr", { "data-device": device.device_id },

@@ -73,3 +73,20 @@ export function chart(minutes, hours) {
   svg.append(axis);
   return svg;
 }
+
+// Previous/Next for a paged API list ("51–100 of 523"); `go(offset)` loads another page.
+export function pager(pageSize, go) {
+  let offset = 0;
+  const shown = h("span", { class: "muted small", "aria-live": "polite" });
+  const previous = h("button", { type: "button", class: "secondary", onclick: () => go(Math.max(0, offset - pageSize)) }, "Previous");
+  const next = h("button", { type: "button", class: "secondary", onclick: () => go(offset + pageSize) }, "Next");
+  return {
+    element: h("div", { class: "pager" }, shown, previous, next),
+    show(page) {
+      offset = page.offset;
+      shown.textContent = page.total ? `${page.offset + 1}–${page.offset + page.items.length} of ${page.total}` : "";
+      previous.disabled = page.offset === 0;
+      next.disabled = page.offset + page.items.length >= page.total;
+    },
+  };
+}
