@@ -22,7 +22,6 @@ from .integrations import service
 from .integrations.recorder import IntegrationRecorder
 from .integrations.secrets import SecretBox
 from .runtime.base import MISSING, Runtime, WorkerSpec, WorkerState, WorkerStatus
-from .schemas import MAX_REPLICAS
 from .templates import TemplateRegistry
 
 log = logging.getLogger(__name__)
@@ -227,10 +226,10 @@ class Reconciler:
         if name in self._restart or (active and status.config_hash != spec.config_hash):
             self._restart.discard(name)
             observed = await self._start(record, spec, observed, reason="restart or new configuration")
-            if observed.actual_state == "starting":
-                # Fewer replicas than before, perhaps: the sessions of the ones gone would keep a share of
-                # the messages for ever.
-                await self._clear_replicas(record, range(spec.replicas, MAX_REPLICAS))
+            if observed.actual_state == "starting" and status.replicas > spec.replicas:
+                # Fewer replicas than before: the sessions of the ones gone would keep a share of the
+                # messages for ever.
+                await self._clear_replicas(record, range(spec.replicas, status.replicas))
             return observed
         if status.state in (WorkerState.MISSING, WorkerState.STOPPED):
             if backoff.failures and now < backoff.next_attempt:

@@ -68,6 +68,7 @@ class WorkerStatus:
     started_at: datetime | None = None
     config_hash: str | None = None
     handle: dict[str, Any] = field(default_factory=dict)
+    replicas: int = 0  # how many replicas the runtime has for it, running or not
 
 
 MISSING = WorkerStatus(WorkerState.MISSING)

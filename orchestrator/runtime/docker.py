@@ -239,6 +239,7 @@ class DockerRuntime(Runtime):
                     started_at=started,
                     config_hash=config_hash,
                     handle=handle,
+                    replicas=len(containers),
                 )
             if state.get("Status") == "restarting":
                 return WorkerStatus(
@@ -247,10 +248,18 @@ class DockerRuntime(Runtime):
                     started_at=started,
                     config_hash=config_hash,
                     handle=handle,
+                    replicas=len(containers),
                 )
         health = containers[0].attrs.get("State", {}).get("Health", {}).get("Status")
         message = f"health check: {health}" if health and health != "healthy" else ""
-        return WorkerStatus(WorkerState.RUNNING, message, started_at=started, config_hash=config_hash, handle=handle)
+        return WorkerStatus(
+            WorkerState.RUNNING,
+            message,
+            started_at=started,
+            config_hash=config_hash,
+            handle=handle,
+            replicas=len(containers),
+        )
 
     async def status(self, name: str) -> WorkerStatus:
         """Running, restarting, or failed with exit code and the last log lines."""

@@ -172,9 +172,14 @@ class ProcessRuntime(Runtime):
                 started_at=started_at,
                 config_hash=record["config_hash"],
                 handle=handle,
+                replicas=len(record["replicas"]),
             )
         return WorkerStatus(
-            WorkerState.RUNNING, started_at=started_at, config_hash=record["config_hash"], handle=handle
+            WorkerState.RUNNING,
+            started_at=started_at,
+            config_hash=record["config_hash"],
+            handle=handle,
+            replicas=len(record["replicas"]),
         )
 
     async def logs(self, name: str, tail: int = 200) -> list[str]:
