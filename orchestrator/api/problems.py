@@ -63,9 +63,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MqttError)
     async def broker_unavailable(request: Request, err: MqttError) -> JSONResponse:
-        # Nothing was accepted: the client may send the same request again.
+        # Honest about the outcome: the client's MQTT library keeps an unacknowledged message and sends it
+        # again when the broker is back, so it may still go through.
         log.error("%s %s failed: %s", request.method, request.url.path, err)
-        response = problem(503, "Broker unavailable", f"{err}; nothing was accepted, try again")
+        detail = f"{err}; it may still go through once the broker recovers"
+        response = problem(503, "Broker unavailable", detail)
         response.headers["Retry-After"] = "5"
         return response
 
