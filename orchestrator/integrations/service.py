@@ -72,12 +72,20 @@ def _new_id(session: Session, app_id: str, template_id: str) -> str:
             return candidate
 
 
+def check_replicas(template: IntegrationTemplate, replicas: int) -> None:
+    """Refuse more replicas than the template's image can run side by side."""
+    if replicas > template.max_replicas:
+        message = f"the {template.name} integration runs at most {template.max_replicas} replica(s)"
+        raise ValidationFailed([{"field": "replicas", "message": message}])
+
+
 def create_integration(
     session: Session, *, templates: TemplateRegistry, box: SecretBox, app_id: str, data: IntegrationCreate
 ) -> Integration:
     """Create an integration (and its worker key); the reconciler starts it."""
     registry.get_application(session, app_id)
     template = templates.get(data.template_id)
+    check_replicas(template, data.replicas)
     resolved = resolve(template, data.config)
     integration_id = data.id or _new_id(session, app_id, template.id)
     if session.get(Integration, (app_id, integration_id)) is not None:
@@ -139,6 +147,7 @@ def update_integration(
     if data.name is not None:
         record.name = data.name
     if data.replicas is not None:
+        check_replicas(templates.get(record.template_id), data.replicas)
         record.replicas = data.replicas
     if data.resources is not None:
         record.resources = data.resources.model_dump(exclude_none=True)

@@ -77,6 +77,9 @@ class IntegrationTemplate(BaseModel):
     category: str = "general"
     image: ImageRef
     resources: Resources = Resources()
+    max_replicas: int = Field(
+        32, ge=1, le=32, description="1 for images that cannot share an integration's work (one connection per device)"
+    )
     fields: list[TemplateField] = Field(default_factory=list)
     environment: dict[str, Any] = Field(
         default_factory=dict, description="Fixed variables; `${field}` inserts a field's value"

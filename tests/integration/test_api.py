@@ -166,3 +166,20 @@ def test_integration_list_pages_and_filters_by_state(orchestrator: RunningOrches
     for query, field in (("state=sleeping", "state"), ("limit=0", "limit"), ("offset=-1", "offset")):
         problem = orchestrator.call("GET", f"{base}?{query}", 422).json()
         assert [error["field"] for error in problem["errors"]] == [f"query.{field}"], query
+
+
+def test_a_template_can_cap_its_replicas(orchestrator: RunningOrchestrator) -> None:
+    # IoT Hub takes one connection per device, so its template allows one replica.
+    orchestrator.create_application(APP)
+    base = f"/api/v1/applications/{APP}/integrations"
+    template = orchestrator.call("GET", "/api/v1/templates/azure-iot-hub", 200).json()
+    assert template["max_replicas"] == 1
+    body = {"template_id": "azure-iot-hub", "replicas": 2, "config": {}}
+    problem = orchestrator.call("POST", base, 422, json=body).json()
+    assert problem["errors"] == [
+        {"field": "replicas", "message": "the Azure IoT Hub integration runs at most 1 replica(s)"}
+    ]
+    orchestrator.create_integration(
+        APP, id="hook", template_id="webhook", enabled=False, config={"url": "http://127.0.0.1:9/"}
+    )
+    orchestrator.call("PATCH", f"{base}/hook", 200, json={"replicas": 3})  # the webhook scales
