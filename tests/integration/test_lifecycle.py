@@ -143,6 +143,19 @@ def test_replicas_share_the_messages(orchestrator: RunningOrchestrator, sink: Ht
     assert numbers == list(range(20))
 
 
+def test_replicas_forward_a_device_event_once(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    # Every replica keeps the registry, but only one forwards a registry change.
+    orchestrator.create_application(APP)
+    orchestrator.create_integration(
+        APP, id="hook", template_id="webhook", replicas=2, config={"url": sink.url, "events": "device.create"}
+    )
+    orchestrator.wait_state(APP, "hook", "running")
+    orchestrator.create_device(APP, "dev-new")
+    wait_for(sink.accepted, what="the device event")
+    time.sleep(2)  # room for a second copy to show up
+    assert [r.json()["device"]["device_id"] for r in sink.accepted()] == ["dev-new"]
+
+
 def test_a_crashed_managed_broker_is_restarted(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
     orchestrator.create_application(APP)
     orchestrator.create_device(APP, "dev-1")

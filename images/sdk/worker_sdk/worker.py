@@ -143,7 +143,7 @@ class Worker:
         raise NotImplementedError
 
     async def on_device_event(self, name: str, device: Device) -> None:
-        """React to a registry change (`device.create|update|delete`): sync it to the platform."""
+        """React to a registry change (`device.create|update|delete`): sync it to the platform (replica 0 only)."""
 
     async def teardown(self) -> None:
         """Release platform clients (called once, on shutdown)."""
@@ -320,6 +320,8 @@ class Worker:
         except (ValueError, KeyError, TypeError) as err:
             log.warning("ignoring malformed device event on %s: %s", topic, err)
             return
+        if self.worker.replica != 0:
+            return  # every replica keeps the registry; one syncs and forwards the change, or each would
         try:
             await self.on_device_event(name, device)
         except Exception as err:
