@@ -16,6 +16,7 @@ from .handler import registry
 from .handler.broker import ADMIN_USER, BrokerUser, ManagedBroker
 from .handler.core import Handler
 from .handler.hub import EventHub
+from .integrations import service
 from .integrations.recorder import IntegrationRecorder
 from .integrations.secrets import SecretBox
 from .reconciler import Reconciler
@@ -85,6 +86,9 @@ class Orchestrator:
     async def start(self) -> None:
         """Migrate, start the broker, connect the handler, adopt what runs, start reconciling."""
         self.db.migrate()
+        if len(self.box.keys) > 1:
+            count = await self.handler.run_db(service.reseal_secrets, self.box)
+            log.info("secrets of %d integrations sealed with the first ORCH_SECRET_KEY; the others can go", count)
         await self.refresh_keys()
         if self.broker is not None:
             if not self.settings.broker.worker_url:

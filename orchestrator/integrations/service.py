@@ -163,6 +163,15 @@ def set_enabled(session: Session, *, app_id: str, integration_id: str, enabled: 
     return record
 
 
+def reseal_secrets(session: Session, box: SecretBox) -> int:
+    """Seal every stored secret with the first key (a key rotation); returns how many integrations."""
+    records = list(session.scalars(select(Integration)))
+    for record in records:
+        record.secrets_encrypted = box.reseal(record.secrets_encrypted)
+        record.key_encrypted = box.reseal(record.key_encrypted)
+    return len(records)
+
+
 def delete_integration(session: Session, *, app_id: str, integration_id: str) -> Integration:
     """Delete the record, its key, its history and counters; returns it so the worker can be removed."""
     record = get_integration(session, app_id, integration_id)

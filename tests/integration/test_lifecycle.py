@@ -231,3 +231,32 @@ def test_an_unresponsive_broker_is_a_503_that_names_it(orchestrator: RunningOrch
     finally:
         os.kill(broker_pid, signal.SIGCONT)
     orchestrator.call("POST", path, 201, json={"f_port": 1}, timeout=60)  # and it recovers
+
+
+def test_the_secret_key_can_be_rotated(tmp_path: Path, mosquitto: str, sink: HttpSink) -> None:
+    from cryptography.fernet import Fernet
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    orch = RunningOrchestrator(tmp_path / "o", ORCH_BROKER__MOSQUITTO_BINARY=mosquitto, ORCH_SECRET_KEY=old)
+    try:
+        orch.start()
+        orch.create_application(APP)
+        orch.create_device(APP, "dev-1")
+        config = {"url": sink.url, "auth_token": "tok-rotated"}
+        orch.create_integration(APP, id="hook", template_id="webhook", config=config)
+        orch.wait_state(APP, "hook", "running")
+        # New key first, old one after: everything is sealed again with the new one at start...
+        orch.stop()
+        orch.env["ORCH_SECRET_KEY"] = f"{new},{old}"
+        orch.start()
+        orch.wait_state(APP, "hook", "running")
+        # ...so the old key can go.
+        orch.stop()
+        orch.env["ORCH_SECRET_KEY"] = new
+        orch.start()
+        assert orch.wait_state(APP, "hook", "running")["secrets_set"] == ["auth_token"]
+        orch.uplink(APP, "dev-1", {"f_port": 1})
+        (received,) = wait_for(sink.accepted, what="a delivery with the secret still known")
+        assert received.headers["authorization"] == "Bearer tok-rotated"
+    finally:
+        orch.stop()
