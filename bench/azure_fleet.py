@@ -20,8 +20,8 @@ from tests.support.iothub import (
     HubBroker,
     RegistryContractDouble,
     hub_client,
-    make_certificates,
 )
+from tests.support.tls import make_certificates
 
 APP = "fleet"
 DEVICES = int(os.environ.get("BENCH_AZURE_DEVICES", "1000"))
