@@ -48,6 +48,7 @@ class Observed:
     restart_count: int
     runtime_handle: dict[str, Any] | None
     config_hash: str | None
+    template_version: str  # of the template the running worker was built from
 
 
 class Reconciler:
@@ -198,7 +199,12 @@ class Reconciler:
     async def _act(self, record: Integration, status: WorkerStatus) -> Observed:
         name = record.runtime_name
         observed = Observed(
-            record.actual_state, record.last_error, record.restart_count, record.runtime_handle, record.config_hash
+            record.actual_state,
+            record.last_error,
+            record.restart_count,
+            record.runtime_handle,
+            record.config_hash,
+            record.template_version,
         )
         active = status.state in (WorkerState.RUNNING, WorkerState.STARTING, WorkerState.FAILED)
         template = self.templates.templates.get(record.template_id)
@@ -277,6 +283,7 @@ class Reconciler:
                 )
         observed.runtime_handle = status.handle or observed.runtime_handle
         observed.config_hash = spec.config_hash
+        observed.template_version = template.version
         return observed
 
     async def _start(self, record: Integration, spec: WorkerSpec, observed: Observed, reason: str) -> Observed:
@@ -300,6 +307,7 @@ class Reconciler:
             return observed
         observed.actual_state = "starting"
         observed.config_hash = spec.config_hash
+        observed.template_version = spec.template_version
         return observed
 
     async def _record(self, record: Integration, observed: Observed) -> None:
@@ -309,6 +317,7 @@ class Reconciler:
             or observed.restart_count != record.restart_count
             or observed.runtime_handle != record.runtime_handle
             or observed.config_hash != record.config_hash
+            or observed.template_version != record.template_version
             or record.runtime != self.runtime.name
         )
         if not changed:
@@ -327,6 +336,7 @@ class Reconciler:
             current.restart_count = observed.restart_count
             current.runtime_handle = observed.runtime_handle
             current.config_hash = observed.config_hash
+            current.template_version = observed.template_version
             current.runtime = self.runtime.name
 
         await self.handler.run_db(save)

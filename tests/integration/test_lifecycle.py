@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
+from orchestrator.config import PROJECT_ROOT
 from tests.support.orchestrator import RunningOrchestrator, free_port, pid_alive
 from tests.support.sink import HttpSink
 from tests.support.waiting import wait_for
@@ -258,5 +260,34 @@ def test_the_secret_key_can_be_rotated(tmp_path: Path, mosquitto: str, sink: Htt
         orch.uplink(APP, "dev-1", {"f_port": 1})
         (received,) = wait_for(sink.accepted, what="a delivery with the secret still known")
         assert received.headers["authorization"] == "Bearer tok-rotated"
+    finally:
+        orch.stop()
+
+
+def test_a_new_template_version_is_picked_up_without_a_needless_restart(
+    tmp_path: Path, mosquitto: str, sink: HttpSink
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(PROJECT_ROOT / "integration_templates", templates)
+    orch = RunningOrchestrator(
+        tmp_path / "o", ORCH_BROKER__MOSQUITTO_BINARY=mosquitto, ORCH_TEMPLATES_DIR=str(templates)
+    )
+    try:
+        orch.start()
+        orch.create_application(APP)
+        orch.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url})
+        running = orch.wait_state(APP, "hook", "running")
+        assert running["template_version"] == "1.0.0"
+        orch.stop(signal.SIGKILL)  # the worker keeps running; the orchestrator comes back with a newer template
+        webhook = templates / "webhook.yaml"
+        webhook.write_text(webhook.read_text().replace("version: 1.0.0", "version: 1.0.1", 1))
+        orch.start()
+        upgraded = wait_for(
+            lambda: (i := orch.integration(APP, "hook"))["template_version"] == "1.0.1" and i,
+            what="the integration on the new template version",
+        )
+        # Same image and environment: the worker it adopted goes on (same pid, no restart).
+        assert upgraded["status"]["handle"]["pids"] == running["status"]["handle"]["pids"]
+        assert upgraded["status"]["restart_count"] == 0
     finally:
         orch.stop()
