@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
+from ..schemas import MAX_REPLICAS
+
 ID_PATTERN = r"^[a-z0-9](?:-?[a-z0-9])*$"
 FIELD_ID_PATTERN = r"^[a-z][a-z0-9_]*$"
 ENV_PATTERN = r"^[A-Z][A-Z0-9_]*$"
@@ -78,7 +80,10 @@ class IntegrationTemplate(BaseModel):
     image: ImageRef
     resources: Resources = Resources()
     max_replicas: int = Field(
-        32, ge=1, le=32, description="1 for images that cannot share an integration's work (one connection per device)"
+        MAX_REPLICAS,
+        ge=1,
+        le=MAX_REPLICAS,
+        description="1 for images that cannot share an integration's work (one connection per device)",
     )
     fields: list[TemplateField] = Field(default_factory=list)
     environment: dict[str, Any] = Field(
