@@ -31,11 +31,28 @@ class BrokerSettings(BaseModel):
 class HandlerSettings(BaseModel):
     """Behaviour of the device side."""
 
-    event_buffer_size: int = Field(1000, ge=10, description="Events kept per application for SSE resume")
-    keepalive_seconds: float = Field(15.0, gt=0, le=15, description="SSE keep-alive comment interval")
+    receive_maximum: int = Field(
+        4096,
+        ge=16,
+        le=65535,
+        description="Messages the broker may hand the orchestrator before its acknowledgements: a large window "
+        "keeps device uplinks out of the broker's memory, where a crash would lose them",
+    )
     downlink_queue_size: int = Field(16, ge=1, le=256)
     downlink_ttl_seconds: int = Field(86400, ge=1, description="Queued downlinks fail after this")
     max_downlink_bytes: int = Field(242, ge=1)
+
+
+class EventSettings(BaseModel):
+    """The durable event log: what is kept, per application, for the event stream and the history API."""
+
+    retention_count: int = Field(100_000, ge=100, description="Newest events kept per application")
+    retention_days: float = Field(7.0, gt=0, description="Events older than this are removed")
+    prune_interval_seconds: float = Field(60.0, gt=0, description="How often retention runs")
+    keepalive_seconds: float = Field(15.0, gt=0, le=15, description="Keep-alive comment interval of event streams")
+    stream_replay_count: int = Field(
+        100, ge=0, le=10_000, description="Recent events an event stream opened with ?replay=true starts with"
+    )
 
 
 class DockerSettings(BaseModel):
@@ -77,6 +94,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     broker: BrokerSettings = BrokerSettings()
     handler: HandlerSettings = HandlerSettings()
+    events: EventSettings = EventSettings()
     runtime: RuntimeSettings = RuntimeSettings()
 
     @model_validator(mode="after")

@@ -83,3 +83,10 @@ class BrokerError(OrchestratorError):
 
     status = 503
     title = "Broker unavailable"
+
+
+class DatabaseUnavailable(OrchestratorError):
+    """The database (and so the event log) cannot be read or written right now: down, locked or full."""
+
+    status = 503
+    title = "Database unavailable"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -14,14 +15,15 @@ from sqlalchemy.orm import Session
 from worker_sdk import topics
 from worker_sdk.mqtt import MqttError
 
+from .bus import Bus
 from .config import Settings
+from .db import Database
 from .db.models import Integration, utcnow
 from .errors import OrchestratorError
-from .handler.core import Handler
-from .integrations import service
-from .integrations.recorder import IntegrationRecorder
-from .integrations.secrets import SecretBox
+from .integrations.spec import build_spec
 from .runtime.base import MISSING, Runtime, WorkerSpec, WorkerState, WorkerStatus
+from .secretbox import SecretBox
+from .store import integrations as store
 from .templates import TemplateRegistry
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class Backoff:
 class Observed:
     """What one pass concluded for an integration; written to its record when it changed."""
 
-    actual_state: str
+    actual_state: WorkerState
     last_error: str | None
     restart_count: int
     runtime_handle: dict[str, Any] | None
@@ -58,18 +60,19 @@ class Reconciler:
         self,
         *,
         settings: Settings,
-        handler: Handler,
+        db: Database,
+        bus: Bus,
         runtime: Runtime,
         templates: TemplateRegistry,
         box: SecretBox,
-        recorder: IntegrationRecorder,
     ) -> None:
         self.settings = settings
-        self.handler = handler
+        self.db = db
+        self.bus = bus
         self.runtime = runtime
         self.templates = templates
         self.box = box
-        self.recorder = recorder
+        self._connected: dict[tuple[str, str], dict[int, bool]] = {}  # what each replica last said of itself
         self._wake = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {}
         self._backoff: dict[str, Backoff] = {}
@@ -78,6 +81,7 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
         self.last_pass_seconds: float | None = None
+        bus.subscribe(topics.integration_topic("+", "+", "status/+"), self._on_worker_status)
 
     def start(self) -> None:
         """Run the loop in the background."""
@@ -92,6 +96,24 @@ class Reconciler:
     def wake(self) -> None:
         """Ask for a pass now instead of at the next interval."""
         self._wake.set()
+
+    async def _on_worker_status(self, topic: str, payload: bytes) -> None:
+        """A replica's retained status (`running`, `stopped`, or `offline` from its will): readiness."""
+        parsed = topics.parse(topic)
+        replica = parsed.suffix.removeprefix("status/") if parsed and parsed.integration_id else ""
+        if parsed is None or parsed.integration_id is None or not replica.isdigit():
+            return
+        try:
+            running = bool(payload) and json.loads(payload).get("state") == "running"
+        except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+            running = False
+        self._connected.setdefault((parsed.app_id, parsed.integration_id), {})[int(replica)] = running
+        self.wake()
+
+    def _ready(self, record: Integration) -> bool:
+        """True when every replica said it is running (connected and subscribed)."""
+        replicas = self._connected.get((record.application_id, record.id), {})
+        return all(replicas.get(replica, False) for replica in range(record.replicas))
 
     def request_restart(self, name: str) -> None:
         """Restart this worker on the next pass (the API's restart)."""
@@ -117,7 +139,7 @@ class Reconciler:
         started = time.monotonic()
         # Workers first: a worker listed here had its record created before the query below.
         workers = await self.runtime.list_workers()
-        records = await self.handler.run_db(lambda session: service.list_integrations(session))
+        records = await self.db.run(store.list_integrations)
         names = {record.runtime_name for record in records}
         for name in workers.keys() - names:
             # Under the lock: the API's delete may be removing the same worker right now.
@@ -145,7 +167,7 @@ class Reconciler:
         if name in self._restart:
             return False
         if not record.enabled:
-            return status.state == WorkerState.MISSING and record.actual_state == "stopped"
+            return status.state == WorkerState.MISSING and record.actual_state == WorkerState.STOPPED
         template = self.templates.templates.get(record.template_id)
         if template is None or template.version != record.template_version or status.state != WorkerState.RUNNING:
             return False
@@ -153,12 +175,11 @@ class Reconciler:
             return False
         if int(status.handle.get("restarts", 0)) != self._runtime_restarts.get(name, -1):
             return False
-        ready = self.recorder.ready(record.application_id, record.id, record.replicas)
-        return record.actual_state == ("running" if ready else "starting")
+        return record.actual_state == (WorkerState.RUNNING if self._ready(record) else WorkerState.STARTING)
 
     async def reconcile_one(self, app_id: str, integration_id: str) -> None:
         """Reconcile one integration now (after an API change)."""
-        record = await self.handler.run_db(service.get_integration, app_id=app_id, integration_id=integration_id)
+        record = await self.db.run(store.get_integration, app_id, integration_id)
         await self.reconcile(record)
 
     async def remove(self, record: Integration) -> None:
@@ -166,17 +187,18 @@ class Reconciler:
         async with self._lock(record.runtime_name):
             await self.runtime.stop(record.runtime_name)
             self._backoff.pop(record.runtime_name, None)
-            self.recorder.forget(record.application_id, record.id)
+            self._connected.pop((record.application_id, record.id), None)
             await self._clear_replicas(record, range(record.replicas))
 
     async def _clear_replicas(self, record: Integration, replicas: range) -> None:
         """Remove the broker sessions and retained status of replicas that no longer run."""
         app_id, integration_id = record.application_id, record.id
-        await self.handler.forget_sessions([topics.worker_client_id(app_id, integration_id, r) for r in replicas])
+        await self.bus.forget_sessions([topics.worker_client_id(app_id, integration_id, r) for r in replicas])
         try:
             for replica in replicas:
-                topic = topics.integration_topic(app_id, integration_id, f"status/{replica}")
-                await self.handler.mqtt.publish(topic, b"", retain=True)
+                for kind in ("status", "session"):
+                    topic = topics.integration_topic(app_id, integration_id, f"{kind}/{replica}")
+                    await self.bus.publish(topic, b"", retain=True)
         except MqttError as err:  # a stale status is harmless; failing the delete for it is not
             log.warning("could not clear the status of %s's replicas: %s", record.runtime_name, err)
 
@@ -187,9 +209,7 @@ class Reconciler:
         """Compare wanted and actual state for one integration, act, and record the outcome."""
         async with self._lock(record.runtime_name):
             # Read the record again under the lock: the API may have changed or deleted it meanwhile.
-            current = await self.handler.run_db(
-                lambda session: session.get(Integration, (record.application_id, record.id))
-            )
+            current = await self.db.run(lambda session: session.get(Integration, (record.application_id, record.id)))
             if current is None:
                 return  # deleted: `remove` took care of the worker
             status = await self.runtime.status(current.runtime_name)
@@ -199,7 +219,7 @@ class Reconciler:
     async def _act(self, record: Integration, status: WorkerStatus) -> Observed:
         name = record.runtime_name
         observed = Observed(
-            record.actual_state,
+            WorkerState(record.actual_state),
             record.last_error,
             record.restart_count,
             record.runtime_handle,
@@ -215,24 +235,25 @@ class Reconciler:
             self._restart.discard(name)
             observed.runtime_handle = None
             if template is None and record.enabled:
-                observed.actual_state = "failed"
+                observed.actual_state = WorkerState.FAILED
                 observed.last_error = f"template {record.template_id} is not available on this orchestrator"
             else:
-                observed.actual_state = "stopped"
+                observed.actual_state = WorkerState.STOPPED
             return observed
         try:
-            spec = service.build_spec(record, template, self.box, self.settings, self.runtime)
+            spec = build_spec(record, template, self.box, self.settings, self.runtime)
         except OrchestratorError as err:
             if active:
                 await self.runtime.stop(name)
-            observed.actual_state, observed.last_error = "failed", f"configuration no longer valid: {err.detail}"
+            observed.actual_state = WorkerState.FAILED
+            observed.last_error = f"configuration no longer valid: {err.detail}"
             return observed
         backoff = self._backoff.setdefault(name, Backoff())
         now = time.monotonic()
         if name in self._restart or (active and status.config_hash != spec.config_hash):
             self._restart.discard(name)
             observed = await self._start(record, spec, observed, reason="restart or new configuration")
-            if observed.actual_state == "starting" and status.replicas > spec.replicas:
+            if observed.actual_state == WorkerState.STARTING and status.replicas > spec.replicas:
                 # Fewer replicas than before: the sessions of the ones gone would keep a share of the
                 # messages for ever.
                 await self._clear_replicas(record, range(spec.replicas, status.replicas))
@@ -255,7 +276,7 @@ class Reconciler:
                 backoff.next_attempt = now + delay
                 asyncio.get_running_loop().call_later(delay, self.wake)
                 log.warning("%s crashed (%s); restarting in %.0f s", name, status.message, delay)
-                observed.actual_state, observed.last_error = "failed", status.message
+                observed.actual_state, observed.last_error = WorkerState.FAILED, status.message
             if now >= backoff.next_attempt:
                 observed.restart_count += 1
                 return await self._start(record, spec, observed, reason="crashed")
@@ -271,10 +292,10 @@ class Reconciler:
         backoff.running_since = backoff.running_since or now
         if now - backoff.running_since >= self.settings.runtime.stable_after_seconds:
             backoff.failures = 0
-        if self.recorder.ready(record.application_id, record.id, record.replicas):
-            observed.actual_state = "running"
+        if self._ready(record):
+            observed.actual_state = WorkerState.RUNNING
         else:
-            observed.actual_state = "starting"
+            observed.actual_state = WorkerState.STARTING
             if now - backoff.running_since >= NOT_CONNECTED_WARNING_SECONDS:
                 tail = " | ".join((await self.runtime.logs(name, 3))[-3:])
                 observed.last_error = (
@@ -289,7 +310,7 @@ class Reconciler:
     async def _start(self, record: Integration, spec: WorkerSpec, observed: Observed, reason: str) -> Observed:
         log.info("starting %s (%s) on the %s runtime", spec.name, reason, self.runtime.name)
         self._runtime_restarts.pop(spec.name, None)
-        self.recorder.forget(record.application_id, record.id)
+        self._connected.pop((record.application_id, record.id), None)  # old reports must not count
         backoff = self._backoff.setdefault(spec.name, Backoff())
         backoff.running_since = None
         try:
@@ -302,10 +323,10 @@ class Reconciler:
             )
             backoff.next_attempt = time.monotonic() + delay
             asyncio.get_running_loop().call_later(delay, self.wake)
-            observed.actual_state, observed.last_error = "failed", err.detail
+            observed.actual_state, observed.last_error = WorkerState.FAILED, err.detail
             await self.runtime.stop(spec.name)
             return observed
-        observed.actual_state = "starting"
+        observed.actual_state = WorkerState.STARTING
         observed.config_hash = spec.config_hash
         observed.template_version = spec.template_version
         return observed
@@ -339,5 +360,5 @@ class Reconciler:
             current.template_version = observed.template_version
             current.runtime = self.runtime.name
 
-        await self.handler.run_db(save)
+        await self.db.run(save)
         record.actual_state, record.last_error = observed.actual_state, observed.last_error

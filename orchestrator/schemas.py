@@ -9,10 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from worker_sdk.messages import Base64Str, Eui, Identifier
 
-from .handler.keys import SCOPES
+from .keys import SCOPES
+from .runtime.base import WorkerState
 
 MAX_REPLICAS = 32
-ActualState = Literal["pending", "starting", "running", "stopped", "failed"]
 MAX_ATTRIBUTES = 64
 
 
@@ -147,8 +147,8 @@ class IntegrationUpdate(Strict):
 
 
 class IntegrationStatus(BaseModel):
-    desired: Literal["running", "stopped"]
-    actual: ActualState
+    desired: WorkerState = Field(description="running or stopped: what the integration is set to")
+    actual: WorkerState
     since: datetime
     last_error: str | None
     last_error_at: datetime | None
@@ -161,6 +161,7 @@ class IntegrationCounters(BaseModel):
     delivered: int
     failed: int
     retried: int
+    duplicates: int = Field(description="Copies of messages the workers recognised and dropped (see docs)")
     last_delivery_at: datetime | None
 
 

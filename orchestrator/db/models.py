@@ -1,11 +1,11 @@
-"""Database tables (SQLAlchemy 2): applications, keys, devices, downlinks, integrations, activity."""
+"""Database tables (SQLAlchemy 2): applications, keys, devices, downlinks, integrations, activity, the event log."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -118,6 +118,7 @@ class Integration(Base):
     delivered: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     retried: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)  # copies its workers recognised and dropped
     last_delivery_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
@@ -154,3 +155,37 @@ class IntegrationStats(Base):
     delivered: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     retried: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# SQLite gives a rowid alias (and AUTOINCREMENT, so ids are never reused) only to INTEGER PRIMARY KEY.
+LogId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class EventRecord(Base):
+    """One event in the durable log: a global, increasing id, the event's name, and its JSON as emitted."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_application", "application_id", "id"),
+        Index("ix_events_device", "application_id", "device_id", "id"),
+        Index("ix_events_time", "application_id", "time"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(LogId, primary_key=True, autoincrement=True)
+    application_id: Mapped[str] = mapped_column(String(36))
+    name: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    integration_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    time: Mapped[datetime] = mapped_column(UtcDateTime)
+    topic: Mapped[str | None] = mapped_column(String(255), nullable=True)  # where it goes on MQTT, if anywhere
+    data: Mapped[str] = mapped_column(Text)
+
+
+class EventRetention(Base):
+    """Per application: the newest event id that retention removed (a client asking for older ones missed some)."""
+
+    __tablename__ = "event_retention"
+
+    application_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    pruned_through: Mapped[int] = mapped_column(LogId, default=0)

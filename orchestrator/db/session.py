@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..errors import DatabaseUnavailable
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -28,7 +33,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """One engine and session factory per process."""
+    """The one door to the database: an engine, sessions, and `run` for a unit of work."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -70,3 +75,33 @@ class Database:
             raise
         finally:
             session.close()
+
+    async def run(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run `function(session, ...)` as one unit of work: committed if it returns, rolled back if it raises."""
+
+        def call() -> T:
+            try:
+                with self.session() as session:
+                    return function(session, *args, **kwargs)
+            except OperationalError as err:  # down, locked or full: not the caller's mistake, and it passes
+                original = str(err.orig).splitlines()[0] if err.orig else str(err)
+                raise DatabaseUnavailable(f"the database cannot be used right now: {original}") from err
+
+        if self.inline:
+            return call()
+        return await asyncio.to_thread(call)
+
+
+RETRY_DELAY_MAX_SECONDS = 10.0
+
+
+async def retry_until_stored(store: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Call `store` until the database takes it: a broker message handled this way stays unacknowledged meanwhile."""
+    delay = 0.5
+    while True:
+        try:
+            return await store()
+        except DatabaseUnavailable as err:
+            log.warning("%s: %s; trying again in %.1f s", what, err.detail, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_DELAY_MAX_SECONDS)

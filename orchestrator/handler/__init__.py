@@ -1,1 +1,1 @@
-"""The handler: applications, keys, devices, uplinks, downlinks and the event stream."""
+"""The handler: the device side (uplinks, downlinks, and the registry in memory for the message path)."""

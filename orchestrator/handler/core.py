@@ -1,147 +1,99 @@
-"""The handler: the device side every integration talks to, over MQTT and the event stream."""
+"""The handler: the device side every integration talks to (uplinks, downlinks, the device cache)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker_sdk import topics
 from worker_sdk.messages import DownlinkRequest, describe_errors, end_device_ids, now_iso
-from worker_sdk.mqtt import MqttConnection, MqttError
 
-from ..config import Settings
+from ..bus import Bus
+from ..config import HandlerSettings
 from ..db import Database
-from ..errors import NotFoundError, ValidationFailed
-from . import downlinks, registry
-from .broker import ADMIN_USER
-from .hub import EventHub
+from ..db.models import Application, Device
+from ..db.session import retry_until_stored
+from ..errors import DatabaseUnavailable, NotFoundError, ValidationFailed
+from ..events.log import LoggedEvent, NewEvent
+from ..events.outbox import Outbox
+from ..store import downlinks
+from ..store.devices import device_json
 from .uplinks import UplinkRejected, normalize, parse_submission
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 EXPIRY_INTERVAL_SECONDS = 30.0
-
-
-class IntegrationListener(Protocol):
-    """Receives what workers report; the orchestrator records it on the integration."""
-
-    async def on_integration_event(
-        self, app_id: str, integration_id: str, name: str, payload: dict[str, Any]
-    ) -> None: ...
-
-    async def on_integration_stats(self, app_id: str, integration_id: str, delta: dict[str, Any]) -> None: ...
-
-    async def on_worker_status(self, app_id: str, integration_id: str, replica: int, state: str) -> None: ...
+DEVICE_REQUESTS = ("up/push", "down/push", "down/replace")
 
 
 class Handler:
-    """Normalizes uplinks, queues downlinks, emits device events, and relays everything to SSE."""
+    """Normalizes uplinks, queues downlinks, and keeps the registry in memory for the message path."""
 
-    def __init__(self, settings: Settings, db: Database, hub: EventHub, broker_password: str) -> None:
+    def __init__(self, settings: HandlerSettings, db: Database, bus: Bus, outbox: Outbox) -> None:
         self.settings = settings
         self.db = db
-        self.hub = hub
-        self.listener: IntegrationListener | None = None
-        self.mqtt_password = broker_password
-        broker = settings.broker
-        external = broker.mode == "external"
-        self._broker_login = (
-            broker.username if external else ADMIN_USER,
-            (broker.password.get_secret_value() if broker.password else None) if external else broker_password,
-        )
-        self.mqtt = MqttConnection(
-            broker.url,
-            "orchestrator-handler",
-            username=self._broker_login[0],
-            password=self._broker_login[1],
-            receive_maximum=256,
-        )
+        self.bus = bus
+        self.outbox = outbox
+        self._applications: set[str] = set()
         self._devices: dict[tuple[str, str], dict[str, Any]] = {}
-        self._pending: set[tuple[str, str]] = set()
+        self._pending: set[tuple[str, str]] = set()  # devices with queued downlinks
         self._expiry_task: asyncio.Task[None] | None = None
+        for suffix in DEVICE_REQUESTS:
+            bus.subscribe(f"{topics.PREFIX}/+/devices/+/{suffix}", self._on_device_request)
 
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the device cache, subscribe, connect (retrying until the broker answers)."""
+        """Load the registry into memory and start expiring old downlinks."""
 
-        def load(session: Session) -> tuple[list[dict[str, Any]], set[tuple[str, str]]]:
-            from ..db.models import Device
+        def load(session: Session) -> tuple[list[str], list[dict[str, Any]], set[tuple[str, str]]]:
+            applications = list(session.scalars(select(Application.id)))
+            devices = [device_json(device) for device in session.scalars(select(Device))]
+            return applications, devices, downlinks.devices_with_queue(session)
 
-            devices = [registry.device_json(device) for device in session.query(Device)]
-            return devices, downlinks.devices_with_queue(session)
-
-        devices, self._pending = await self.run_db(load)
+        applications, devices, self._pending = await self.db.run(load)
+        self._applications = set(applications)
         self._devices = {(item["application_id"], item["device_id"]): item for item in devices}
-        for suffix in ("up/push", "down/push", "down/replace"):
-            self.mqtt.subscribe(f"{topics.PREFIX}/+/devices/+/{suffix}", self._on_device_request)
-        self.mqtt.subscribe(f"{topics.PREFIX}/+/integrations/+/#", self._on_integration_message)
-        await self.mqtt.connect_with_retry()
         self._expiry_task = asyncio.create_task(self._expiry_loop())
 
     async def stop(self) -> None:
-        """Disconnect; the persistent session keeps what arrives meanwhile."""
+        """Stop expiring downlinks."""
         if self._expiry_task:
             self._expiry_task.cancel()
-        await self.mqtt.disconnect()
 
-    async def forget_sessions(self, client_ids: list[str]) -> None:
-        """End the broker sessions of workers that are gone for good, and the messages queued for them.
-
-        A session outlives its worker: left behind, it keeps its subscriptions (a shared one still takes
-        its turn of the messages) and the broker queues for it without end. Connecting with its client id
-        and a clean start replaces it; no worker may be using the id.
-        """
-
-        async def forget(client_id: str) -> None:
-            connection = MqttConnection(
-                self.settings.broker.url,
-                client_id,
-                username=self._broker_login[0],
-                password=self._broker_login[1],
-                persistent=False,
-            )
-            try:
-                await connection.connect(timeout=10)
-                await connection.disconnect()
-            except (MqttError, TimeoutError, OSError) as err:
-                log.warning("could not end the broker session %s: %s", client_id, err)
-
-        await asyncio.gather(*(forget(client_id) for client_id in client_ids))
-
-    async def run_db(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run a synchronous database function inside one committed session (see Database.inline)."""
-
-        def call() -> T:
-            with self.db.session() as session:
-                return function(session, *args, **kwargs)
-
-        if self.db.inline:
-            return call()
-        return await asyncio.to_thread(call)
-
-    async def emit(self, app_id: str, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
-        """Publish an event on MQTT (QoS 1, acknowledged) and on the application's event stream."""
-        parsed = topics.parse(topic)
-        text = json.dumps(payload, separators=(",", ":"))
-        if parsed and parsed.event:
-            self.hub.publish(app_id, parsed.event, text)
-        await self.mqtt.publish(topic, text, retain=retain)
-
-    # -- devices -------------------------------------------------------------------------------
+    # -- the registry in memory (the services keep it in step with the database) -------------------
 
     def device(self, app_id: str, device_id: str) -> dict[str, Any] | None:
-        """A registered device from the cache (no database access on the message path)."""
+        """A registered device (no database access on the message path)."""
         return self._devices.get((app_id, device_id))
 
+    def require_device(self, app_id: str, device_id: str) -> dict[str, Any]:
+        """The device, or NotFoundError naming the application or the device that does not exist."""
+        if app_id not in self._applications:
+            raise NotFoundError("application", app_id)
+        device = self._devices.get((app_id, device_id))
+        if device is None:
+            raise NotFoundError("device", device_id)
+        return device
+
+    def application_added(self, app_id: str) -> None:
+        """Know a new application (its devices' messages are accepted from now on)."""
+        self._applications.add(app_id)
+
+    def application_removed(self, app_id: str) -> None:
+        """Forget a deleted application and its devices."""
+        self._applications.discard(app_id)
+        for key in [key for key in self._devices if key[0] == app_id]:
+            self._devices.pop(key, None)
+            self._pending.discard(key)
+
     async def device_changed(self, action: str, device: dict[str, Any]) -> None:
-        """Update the cache and emit `device.create|update|delete` on MQTT and SSE."""
+        """Update the cache and emit `device.create|update|delete`."""
         app_id, device_id = device["application_id"], device["device_id"]
         if action == "delete":
             self._devices.pop((app_id, device_id), None)
@@ -155,51 +107,51 @@ class Handler:
             "event": action,
             "device": device,
         }
-        await self.emit(app_id, topics.device_topic(app_id, device_id, f"events/{action}"), payload)
+        await self.emit(app_id, device_id, f"events/{action}", payload)
 
-    def forget_application(self, app_id: str) -> None:
-        """Drop a deleted application's devices from the cache."""
-        for key in [key for key in self._devices if key[0] == app_id]:
-            self._devices.pop(key, None)
-            self._pending.discard(key)
+    async def emit(self, app_id: str, device_id: str, suffix: str, payload: dict[str, Any]) -> LoggedEvent:
+        """Log a device event durably; the outbox publishes it on its topic and to the event stream."""
+        topic = topics.device_topic(app_id, device_id, suffix)
+        name = topics.DEVICE_TOPIC_EVENTS[suffix]
+        text = json.dumps(payload, separators=(",", ":"))
+        return await self.outbox.emit(NewEvent(app_id, name, text, device_id=device_id or None, topic=topic))
 
     # -- uplinks -------------------------------------------------------------------------------
 
     async def accept_uplink(
         self, app_id: str, device_id: str, body: bytes | dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Normalize and publish an uplink; returns it and the downlink sent in reply (class A), if any.
+        """Normalize and log an uplink; returns it and the downlink sent in reply (class A), if any.
 
-        Raises UplinkRejected or NotFoundError after emitting an `uplink.error` event.
+        Raises UplinkRejected or NotFoundError after emitting an `uplink.error` event, and
+        DatabaseUnavailable (nothing emitted) when the log cannot be written.
         """
-        device = self.device(app_id, device_id)
         try:
-            if device is None:
-                raise NotFoundError("device", device_id)
+            device = self.require_device(app_id, device_id)
             submission = parse_submission(body)
         except (UplinkRejected, NotFoundError) as err:
             await self._uplink_error(app_id, device_id, err, body)
             raise
         uplink = normalize(app_id, device, submission)
-        await self.emit(app_id, topics.device_topic(app_id, device_id, "up"), uplink)
+        await self.emit(app_id, device_id, "up", uplink)
         downlink = None
         if (app_id, device_id) in self._pending:
             downlink = await self._send_next_downlink(app_id, device_id, uplink["correlation_ids"])
         return uplink, downlink
 
     async def _uplink_error(self, app_id: str, device_id: str, err: Exception, body: Any) -> None:
-        raw = body.decode("utf-8", "replace") if isinstance(body, bytes | bytearray) else json.dumps(body)
-        problems = getattr(err, "problems", [])
         message = err.detail if isinstance(err, NotFoundError) else str(err)
         log.info("rejected uplink from %s/%s: %s", app_id, device_id, message)
+        if app_id not in self._applications:
+            return  # no application, so no event stream to tell
         payload = {
             "end_device_ids": end_device_ids(app_id, device_id),
             "correlation_ids": [],
             "received_at": now_iso(),
-            "error": {"message": message, "problems": problems},
-            "raw": raw[:500],
+            "error": {"message": message, "problems": getattr(err, "problems", [])},
+            "raw": _excerpt(body),
         }
-        await self.emit(app_id, topics.device_topic(app_id, device_id, "events/up/errors"), payload)
+        await self.emit(app_id, device_id, "events/up/errors", payload)
 
     # -- downlinks -----------------------------------------------------------------------------
 
@@ -224,50 +176,49 @@ class Handler:
         """Check and queue downlinks; returns them with ids. Failures emit `downlink.failed` and raise."""
         try:
             request = self._check_downlinks(app_id, device_id, body)
-            records = await self.run_db(
+            records = await self.db.run(
                 downlinks.enqueue,
                 app_id=app_id,
                 device_id=device_id,
                 downlinks=request,
                 replace=replace,
-                limit=self.settings.handler.downlink_queue_size,
+                limit=self.settings.downlink_queue_size,
             )
         except (ValidationFailed, NotFoundError, downlinks.QueueFull) as err:
             message = getattr(err, "detail", None) or str(err)
             failed_body = _as_object(body)
             failed_body = {**failed_body, "correlation_ids": _request_correlation_ids(failed_body)}
-            await self.emit(
-                app_id,
-                topics.device_topic(app_id, device_id, "down/failed"),
-                self._lifecycle(app_id, device_id, "failed", failed_body, message),
-            )
+            if app_id in self._applications:
+                await self.emit(
+                    app_id, device_id, "down/failed", self._lifecycle(app_id, device_id, "failed", failed_body, message)
+                )
             if isinstance(err, downlinks.QueueFull):
                 raise ValidationFailed([{"field": "downlinks", "message": message}]) from err
             raise
         self._pending.add((app_id, device_id))
         queued = []
         for record in records:
-            await self.emit(
-                app_id,
-                topics.device_topic(app_id, device_id, "down/queued"),
-                self._lifecycle(app_id, device_id, "queued", record.body),
-            )
             queued.append({"id": record.id, **record.body})
+            try:
+                await self.emit(
+                    app_id, device_id, "down/queued", self._lifecycle(app_id, device_id, "queued", record.body)
+                )
+            except DatabaseUnavailable as err:  # queued all the same; only the event is missing
+                log.error("downlink %s queued, but its event was not logged: %s", record.id, err.detail)
         return queued
 
     def _check_downlinks(self, app_id: str, device_id: str, body: bytes | dict[str, Any]) -> list[dict[str, Any]]:
-        if self.device(app_id, device_id) is None:
-            raise NotFoundError("device", device_id)
+        self.require_device(app_id, device_id)
         if isinstance(body, bytes | bytearray):
             try:
                 body = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as err:
+            except (ValueError, UnicodeDecodeError, RecursionError) as err:
                 raise ValidationFailed([{"field": "(body)", "message": f"not valid JSON: {err}"}]) from err
         try:
             request = DownlinkRequest.model_validate(body)
         except ValidationError as err:
             raise ValidationFailed(describe_errors(err)) from err
-        limit = self.settings.handler.max_downlink_bytes
+        limit = self.settings.max_downlink_bytes
         problems = [
             {"field": f"downlinks.{index}.frm_payload", "message": f"{size} bytes; at most {limit} fit"}
             for index, size in enumerate(item.payload_size() for item in request.downlinks)
@@ -278,24 +229,27 @@ class Handler:
         return [item.model_dump(exclude_none=True) for item in request.downlinks]
 
     async def _send_next_downlink(self, app_id: str, device_id: str, uplink_ids: list[str]) -> dict[str, Any] | None:
-        record, remaining = await self.run_db(downlinks.take_next, app_id=app_id, device_id=device_id)
+        record, remaining = await self.db.run(downlinks.take_next, app_id=app_id, device_id=device_id)
         if remaining == 0:
             self._pending.discard((app_id, device_id))
         if record is None:
             return None
         delivered = {"id": record.id, **record.body}
-        await self.mqtt.publish(topics.device_topic(app_id, device_id, "down/deliver"), delivered)
+        await self.bus.publish(topics.device_topic(app_id, device_id, "down/deliver"), delivered)
         body = {**record.body, "correlation_ids": [*record.body.get("correlation_ids", []), *uplink_ids]}
-        await self.emit(
-            app_id,
-            topics.device_topic(app_id, device_id, "down/sent"),
-            self._lifecycle(app_id, device_id, "sent", body),
-        )
+        await self.emit(app_id, device_id, "down/sent", self._lifecycle(app_id, device_id, "sent", body))
         return delivered
+
+    async def queued_downlinks(self, app_id: str, device_id: str) -> list[dict[str, Any]]:
+        """The device's queue, in sending order."""
+        self.require_device(app_id, device_id)
+        items = await self.db.run(downlinks.queued, app_id, device_id)
+        return [{"id": item.id, "queued_at": item.queued_at, **item.body} for item in items]
 
     async def clear_downlinks(self, app_id: str, device_id: str) -> int:
         """Drop the device's queue."""
-        count = await self.run_db(downlinks.clear, app_id=app_id, device_id=device_id)
+        self.require_device(app_id, device_id)
+        count = await self.db.run(downlinks.clear, app_id=app_id, device_id=device_id)
         self._pending.discard((app_id, device_id))
         return count
 
@@ -309,60 +263,54 @@ class Handler:
 
     async def expire_downlinks(self) -> None:
         """Fail downlinks that waited longer than their time to live."""
-        expired = await self.run_db(downlinks.expire, ttl_seconds=self.settings.handler.downlink_ttl_seconds)
+        expired = await self.db.run(downlinks.expire, ttl_seconds=self.settings.downlink_ttl_seconds)
         for record in expired:
-            await self.emit(
-                record.application_id,
-                topics.device_topic(record.application_id, record.device_id, "down/failed"),
-                self._lifecycle(record.application_id, record.device_id, "failed", record.body, record.error),
-            )
+            app_id, device_id = record.application_id, record.device_id
+            failed = self._lifecycle(app_id, device_id, "failed", record.body, record.error)
+            await self.emit(app_id, device_id, "down/failed", failed)
         if expired:
-            self._pending = await self.run_db(lambda session: downlinks.devices_with_queue(session))
+            self._pending = await self.db.run(downlinks.devices_with_queue)
 
     # -- MQTT ingest ---------------------------------------------------------------------------
 
     async def _on_device_request(self, topic: str, payload: bytes) -> None:
-        parsed = topics.parse(topic)
-        if parsed is None or parsed.device_id is None:
-            return
+        """Handle `up/push`, `down/push` or `down/replace`; acknowledged (returns) only once logged.
+
+        While the log cannot be written the message is retried here and stays unacknowledged, so the
+        broker keeps it instead of it being acknowledged and lost.
+        """
         try:
-            if parsed.suffix == "up/push":
-                await self.accept_uplink(parsed.app_id, parsed.device_id, payload)
-            else:
-                await self.push_downlinks(
-                    parsed.app_id, parsed.device_id, payload, replace=parsed.suffix == "down/replace"
-                )
+            await retry_until_stored(lambda: self._handle_device_request(topic, payload), what=topic)
         except (UplinkRejected, NotFoundError, ValidationFailed):
             pass  # already reported as an error event on the device
         except Exception:
             log.exception("could not handle %s", topic)
 
-    async def _on_integration_message(self, topic: str, payload: bytes) -> None:
-        parsed = topics.parse(topic)
-        if parsed is None or parsed.integration_id is None or self.listener is None:
+    async def _handle_device_request(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        # v3/{app}/devices/{device}/{request}: a topic level may be empty, and that is an error to report.
+        app_id, device_id, suffix = parts[1], parts[3], "/".join(parts[4:])
+        if not device_id:
+            error = UplinkRejected(f"the topic {topic} names no device")
+            if suffix == "up/push":
+                await self._uplink_error(app_id, "", error, payload)
+            else:
+                log.info("ignored %s: %s", topic, error)
             return
-        if not payload:
-            return  # a cleared retained status
-        try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            log.warning("ignoring malformed JSON on %s", topic)
-            return
-        if not isinstance(data, dict):
-            return
-        app_id, integration_id = parsed.app_id, parsed.integration_id
-        try:
-            if parsed.event:
-                self.hub.publish(app_id, parsed.event, payload.decode())
-                await self.listener.on_integration_event(app_id, integration_id, parsed.event, data)
-            elif parsed.suffix == "stats":
-                await self.listener.on_integration_stats(app_id, integration_id, data)
-            elif parsed.suffix.startswith("status/") and parsed.suffix[7:].isdigit():
-                await self.listener.on_worker_status(
-                    app_id, integration_id, int(parsed.suffix[7:]), str(data.get("state", ""))
-                )
-        except Exception:
-            log.exception("could not record %s", topic)
+        if suffix == "up/push":
+            await self.accept_uplink(app_id, device_id, payload)
+        else:
+            await self.push_downlinks(app_id, device_id, payload, replace=suffix == "down/replace")
+
+
+def _excerpt(body: Any) -> str:
+    """The start of a request body as text, for error events."""
+    if isinstance(body, bytes | bytearray):
+        return body[:500].decode("utf-8", "replace")
+    try:
+        return json.dumps(body)[:500]
+    except (TypeError, ValueError, RecursionError):
+        return repr(body)[:500]
 
 
 def _as_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
@@ -371,7 +319,7 @@ def _as_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
         return body
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         parsed = None
     return parsed if isinstance(parsed, dict) else {"raw": body.decode("utf-8", "replace")[:500]}
 

@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from worker_sdk.messages import UplinkSubmission, describe_errors, end_device_ids, now_iso
 
+MAX_JSON_DEPTH = 32  # deeper uplinks are refused: nobody's sensor data nests this far, and parsers recurse
+
 
 class UplinkRejected(ValueError):
     """The device sent something that is not a valid uplink; `problems` names each mistake."""
@@ -19,15 +21,32 @@ class UplinkRejected(ValueError):
         self.problems = problems or []
 
 
+def json_depth(value: Any) -> int:
+    """How deeply objects and arrays nest in a parsed JSON value (a scalar is 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def parse_submission(body: bytes | dict[str, Any]) -> UplinkSubmission:
-    """Parse and check an uplink body from MQTT (bytes) or HTTP (already-parsed JSON)."""
+    """Parse and check an uplink body from MQTT or HTTP (bytes) or already-parsed JSON."""
     if isinstance(body, bytes | bytearray):
         try:
             body = json.loads(body)
+        except RecursionError as err:
+            raise UplinkRejected(f"uplink is nested more than {MAX_JSON_DEPTH} levels deep") from err
         except (ValueError, UnicodeDecodeError) as err:
             raise UplinkRejected(f"uplink is not valid JSON: {err}") from err
     if not isinstance(body, dict):
         raise UplinkRejected("uplink must be a JSON object")
+    if (depth := json_depth(body)) > MAX_JSON_DEPTH:
+        raise UplinkRejected(f"uplink is nested {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed")
     try:
         return UplinkSubmission.model_validate(body)
     except ValidationError as err:

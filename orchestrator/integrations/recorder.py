@@ -1,17 +1,23 @@
-"""Records what workers report: delivery history, errors, counters per minute, and readiness."""
+"""Records what workers report: their events (in the log), delivery history, errors and counters per minute."""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from worker_sdk import topics
+
+from ..bus import Bus
+from ..db import Database
 from ..db.models import Integration, IntegrationActivity, IntegrationStats, utcnow
-from ..handler.core import Handler
+from ..db.session import retry_until_stored
+from ..events.log import NewEvent
+from ..events.outbox import Outbox
 
 log = logging.getLogger(__name__)
 ACTIVITY_KEPT = 200
@@ -61,12 +67,13 @@ def add_stats(session: Session, *, app_id: str, integration_id: str, delta: dict
     record = session.get(Integration, (app_id, integration_id))
     if record is None:
         return
-    counts = {name: int(delta.get(name, 0) or 0) for name in ("delivered", "failed", "retried")}
+    counts = {name: int(delta.get(name, 0) or 0) for name in ("delivered", "failed", "retried", "duplicates")}
     if any(value < 0 for value in counts.values()):
         return
     record.delivered += counts["delivered"]
     record.failed += counts["failed"]
     record.retried += counts["retried"]
+    record.duplicates += counts["duplicates"]
     last = _parse_time(delta.get("last_delivery_at"))
     if last is not None and (record.last_delivery_at is None or last > record.last_delivery_at):
         record.last_delivery_at = last
@@ -84,39 +91,54 @@ def add_stats(session: Session, *, app_id: str, integration_id: str, delta: dict
 
 
 class IntegrationRecorder:
-    """The handler's listener for integration topics."""
+    """Listens to what workers publish: events go to the log and the stream, history and counters to the database."""
 
-    def __init__(self, handler: Handler, on_status_change: Callable[[], None]) -> None:
-        self.handler = handler
-        self.on_status_change = on_status_change
-        self.worker_states: dict[tuple[str, str], dict[int, str]] = {}
+    def __init__(self, db: Database, bus: Bus, outbox: Outbox) -> None:
+        self.db = db
+        self.outbox = outbox
+        bus.subscribe(topics.integration_topic("+", "+", "events/+"), self._on_event)
+        bus.subscribe(topics.integration_topic("+", "+", "stats"), self._on_stats)
 
-    def ready(self, app_id: str, integration_id: str, replicas: int) -> bool:
-        """True when every replica said it is running."""
-        states = self.worker_states.get((app_id, integration_id), {})
-        return all(states.get(replica) == "running" for replica in range(replicas))
-
-    def forget(self, app_id: str, integration_id: str) -> None:
-        """Drop what workers said (before a restart, so old reports do not count)."""
-        self.worker_states.pop((app_id, integration_id), None)
-
-    async def on_integration_event(self, app_id: str, integration_id: str, name: str, payload: dict[str, Any]) -> None:
-        kind = name.removeprefix("integration.")
+    async def _on_event(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        data = _json_object(topic, payload)
+        if parsed is None or parsed.integration_id is None or parsed.event is None or data is None:
+            return
+        app_id, integration_id = parsed.app_id, parsed.integration_id
+        event = NewEvent(app_id, parsed.event, payload.decode(), integration_id=integration_id)
+        await retry_until_stored(lambda: self.outbox.emit(event), what=topic)
+        kind = parsed.event.removeprefix("integration.")
         if kind not in RECORDED_KINDS:
             return
-        details = payload.get("details") if isinstance(payload.get("details"), dict) else {}
-        await self.handler.run_db(
-            record_activity,
-            app_id=app_id,
-            integration_id=integration_id,
-            kind=kind,
-            message=str(payload.get("message", "")),
-            details=details or {},
+        details = data.get("details") if isinstance(data.get("details"), dict) else {}
+        await retry_until_stored(
+            lambda: self.db.run(
+                record_activity,
+                app_id=app_id,
+                integration_id=integration_id,
+                kind=kind,
+                message=str(data.get("message", "")),
+                details=details or {},
+            ),
+            what=topic,
         )
 
-    async def on_integration_stats(self, app_id: str, integration_id: str, delta: dict[str, Any]) -> None:
-        await self.handler.run_db(add_stats, app_id=app_id, integration_id=integration_id, delta=delta)
+    async def _on_stats(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        delta = _json_object(topic, payload)
+        if parsed is None or parsed.integration_id is None or delta is None:
+            return
+        app_id, integration_id = parsed.app_id, parsed.integration_id
+        await retry_until_stored(
+            lambda: self.db.run(add_stats, app_id=app_id, integration_id=integration_id, delta=delta), what=topic
+        )
 
-    async def on_worker_status(self, app_id: str, integration_id: str, replica: int, state: str) -> None:
-        self.worker_states.setdefault((app_id, integration_id), {})[replica] = state
-        self.on_status_change()
+
+def _json_object(topic: str, payload: bytes) -> dict[str, Any] | None:
+    """The payload as a JSON object, or None (logged) when it is not one."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        log.warning("ignoring malformed JSON on %s", topic)
+        return None
+    return data if isinstance(data, dict) else None

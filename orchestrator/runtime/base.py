@@ -13,13 +13,14 @@ from typing import Any
 
 
 class WorkerState(StrEnum):
-    """What a runtime can tell about an integration's worker."""
+    """The state of an integration's worker: one type for runtimes, the reconciler, the API and the console."""
 
-    STARTING = "starting"
+    PENDING = "pending"  # nothing started yet
+    STARTING = "starting"  # started; not every replica has connected to the handler yet
     RUNNING = "running"
     STOPPED = "stopped"
     FAILED = "failed"
-    MISSING = "missing"
+    MISSING = "missing"  # the runtime has nothing under that name (never an integration's recorded state)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,13 @@
-"""Pure parts of the handler: topics, keys, uplink normalization, the SSE buffer, secret redaction."""
+"""Pure parts of the handler: topics, keys, uplink normalization, secret redaction."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 
 import pytest
 
-from orchestrator.handler import keys
-from orchestrator.handler.hub import EventHub
+from orchestrator import keys
 from orchestrator.handler.uplinks import UplinkRejected, normalize, parse_submission
 from worker_sdk import topics
 from worker_sdk.mqtt import topic_matches
@@ -94,31 +92,6 @@ def test_tts_shaped_uplink_is_accepted() -> None:
 def test_bad_uplinks_are_rejected_with_the_reason(body: bytes, message: str) -> None:
     with pytest.raises(UplinkRejected, match=message):
         parse_submission(body)
-
-
-async def test_hub_replays_after_last_event_id_and_reports_gaps() -> None:
-    hub = EventHub(buffer_size=3)
-    ids = [hub.publish("app", "uplink", {"n": n}).id for n in range(5)]
-    events, gap = hub.backlog("app", ids[2])
-    assert [e.id for e in events] == ids[3:] and gap is False
-    events, gap = hub.backlog("app", ids[0])  # ids[1] was pushed out of the 3-event buffer
-    assert [e.id for e in events] == ids[2:] and gap is True
-    events, gap = hub.backlog("app", hub.boot_id)
-    assert gap is True  # the buffer lost events 0 and 1
-    assert hub.backlog("other", ids[0]) == ([], False)
-
-
-async def test_hub_listener_gets_backlog_then_live_events() -> None:
-    hub = EventHub(buffer_size=10)
-    first = hub.publish("app", "a", "{}")
-    stream = hub.listen("app", first.id - 1)
-    assert (await anext(stream)).name == "a"  # type: ignore[union-attr]
-    waiter = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0)
-    hub.publish("app", "b", "{}")
-    hub.publish("elsewhere", "c", "{}")
-    assert (await asyncio.wait_for(waiter, 1)).name == "b"  # type: ignore[union-attr]
-    await stream.aclose()
 
 
 def test_redactor_masks_secrets_everywhere() -> None:

@@ -21,6 +21,8 @@ from gmqtt.storage import PersistentStorage
 
 log = logging.getLogger(__name__)
 logging.getLogger("gmqtt").setLevel(logging.WARNING)
+# After a lost connection gmqtt warns once per message it can no longer write; our own log says it once.
+logging.getLogger("gmqtt.mqtt.protocol").setLevel(logging.ERROR)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 ConnectedHook = Callable[[], Awaitable[None]]
@@ -48,6 +50,20 @@ class _AckTrackingStorage(PersistentStorage):
         waiter = self.waiters.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def forget(self, waiter: asyncio.Future[None]) -> None:
+        """Stop tracking a waiter nobody awaits any more."""
+        for mid, item in list(self.waiters.items()):
+            if item is waiter:
+                del self.waiters[mid]
+
+    def abandon(self, error: Exception) -> None:
+        """Forget every unacknowledged message (nothing is resent) and fail whoever waits for one."""
+        self.clear()
+        waiters, self.waiters = self.waiters, {}
+        for waiter in waiters.values():
+            if not waiter.done():
+                waiter.set_exception(error)
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -78,6 +94,8 @@ class MqttConnection:
         will: tuple[str, bytes, bool] | None = None,
         ca_file: str | None = None,
         keepalive: int = 30,
+        resend_after_reconnect: bool = True,
+        acknowledge: bool = True,
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
@@ -88,8 +106,17 @@ class MqttConnection:
         # One subscription per distinct filter, numbered: MQTT 5 subscription identifiers tell which
         # subscription a message came through, so overlapping filters reach the right handlers.
         self._filters: list[str] = []
+        self._no_local: set[str] = set()
+        self._live_only: set[str] = set()
         self._handlers: dict[str, list[MessageHandler]] = {}
         self.on_reconnect: list[ConnectedHook] = []  # run after every connect but the first
+        self.on_connect: list[ConnectedHook] = []  # run after every connect, the first included
+        # Off for a publisher that keeps its own durable record and publishes again after a reconnect:
+        # unacknowledged messages then fail with MqttError instead of being resent by the client.
+        self.resend_after_reconnect = resend_after_reconnect
+        # Off for a connection that borrows someone else's session: what the broker hands it stays
+        # unacknowledged, so the broker keeps it for the session's owner.
+        self.acknowledge = acknowledge
         self._connections = 0
         self._closing = False
         self._hook_tasks: set[asyncio.Task[None]] = set()
@@ -120,18 +147,48 @@ class MqttConnection:
         """True while the broker connection is up."""
         return self._connected.is_set()
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
-        """Register a handler; the subscription is (re)made on every connect, with QoS 1."""
+    @property
+    def filters(self) -> list[str]:
+        """The subscribed filters, in subscription-identifier order (1, 2, ...)."""
+        return list(self._filters)
+
+    @property
+    def connections(self) -> int:
+        """How many times this client has connected (1 after the first connect)."""
+        return self._connections
+
+    async def wait_connected(self) -> None:
+        """Return once the broker connection is up."""
+        await self._connected.wait()
+
+    def subscribe(
+        self, topic_filter: str, handler: MessageHandler, *, no_local: bool = False, retained: bool = True
+    ) -> None:
+        """Register a handler; the subscription is (re)made on every connect, with QoS 1.
+
+        `no_local`: leave out what this connection publishes itself (retained messages still arrive).
+        `retained=False`: only messages published from now on, not the retained ones.
+        """
         if topic_filter not in self._handlers:
             self._filters.append(topic_filter)
             self._handlers[topic_filter] = []
+            if no_local:
+                self._no_local.add(topic_filter)
+            if not retained:
+                self._live_only.add(topic_filter)
             if self.is_connected:
                 self._subscribe(topic_filter)
         self._handlers[topic_filter].append(handler)
 
     def _subscribe(self, topic_filter: str) -> None:
         identifier = self._filters.index(topic_filter) + 1
-        self._client.subscribe(topic_filter, qos=1, subscription_identifier=identifier)
+        self._client.subscribe(
+            topic_filter,
+            qos=1,
+            subscription_identifier=identifier,
+            no_local=topic_filter in self._no_local,
+            retain_handling_options=2 if topic_filter in self._live_only else 0,
+        )
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Connect once; raises MqttError naming the broker when it is unreachable or refuses us."""
@@ -181,28 +238,35 @@ class MqttConnection:
         timeout: float = 30.0,
     ) -> None:
         """Publish; with QoS 1, return only once the broker acknowledged the message."""
-        if isinstance(payload, dict):
-            payload = json.dumps(payload, separators=(",", ":"))
         try:
             async with asyncio.timeout(timeout):
                 await self._connected.wait()
         except TimeoutError as err:
             raise MqttError(f"not connected to the MQTT broker {self.host}:{self.port} for {timeout:.0f} s") from err
-        self._client.publish(topic, payload, qos=qos, retain=retain)
-        if qos == 0:
-            return
-        mid = self._storage.last_mid
-        if mid is None:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._storage.waiters[mid] = waiter
+        waiter = self.publish_nowait(topic, payload, qos=qos, retain=retain)
         try:
             # gmqtt re-sends unacknowledged messages after a reconnect, so waiting stays safe.
             async with asyncio.timeout(timeout):
                 await waiter
         except TimeoutError as err:
-            self._storage.waiters.pop(mid, None)
+            self._storage.forget(waiter)
             raise MqttError(f"the broker did not acknowledge a message on {topic} within {timeout:.0f} s") from err
+
+    def publish_nowait(
+        self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[None]:
+        """Send now (the caller checks `is_connected`); the future resolves with the broker's PUBACK."""
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, separators=(",", ":"))
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+        mid = self._storage.last_mid if qos else None
+        if mid is None:
+            waiter.set_result(None)
+        else:
+            self._storage.last_mid = None
+            self._storage.waiters[mid] = waiter
+        return waiter
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: dict[str, Any]) -> None:
         log.info("connected to MQTT broker %s:%s as %s", self.host, self.port, self.client_id)
@@ -210,24 +274,37 @@ class MqttConnection:
             self._subscribe(topic_filter)
         self._connected.set()
         self._connections += 1
-        if self._connections > 1:
-            for hook in self.on_reconnect:
-                task = asyncio.ensure_future(hook())
-                self._hook_tasks.add(task)
-                task.add_done_callback(self._hook_tasks.discard)
+        hooks = [*self.on_connect, *(self.on_reconnect if self._connections > 1 else [])]
+        for hook in hooks:
+            task = asyncio.ensure_future(hook())
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Exception | None = None) -> None:
         if self._connected.is_set() and not self._closing:
             log.warning("lost the MQTT broker connection; reconnecting")
         self._connected.clear()
+        if not self.resend_after_reconnect:
+            self._storage.abandon(MqttError(f"lost the connection to the MQTT broker {self.host}:{self.port}"))
 
     async def _on_message(
         self, client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
     ) -> int:
+        if not self.acknowledge:
+            while self._connected.is_set():
+                await asyncio.sleep(0.05)  # answered only once the connection is gone, so never received
+            return int(PubAckReasonCode.SUCCESS)
         identifiers = properties.get("subscription_identifier") or []
-        filters = [self._filters[i - 1] for i in identifiers if 0 < i <= len(self._filters)]
-        if not filters:  # a broker without subscription identifiers: the first matching filter
-            filters = [f for f in self._filters if topic_matches(f, topic)][:1]
+        # An identifier names the subscription a message came through, so overlapping filters reach the right
+        # handlers. Only trusted when its filter matches: Mosquitto 2.0 restores sessions from its saved state
+        # with identifiers mixed up, until the client subscribes again.
+        filters = [
+            self._filters[i - 1]
+            for i in identifiers
+            if 0 < i <= len(self._filters) and topic_matches(self._filters[i - 1], topic)
+        ]
+        if not filters:  # no (usable) identifier: every matching filter
+            filters = [f for f in self._filters if topic_matches(f, topic)]
         for topic_filter in filters:
             for handler in self._handlers[topic_filter]:
                 await handler(topic, payload)

@@ -57,6 +57,9 @@ class WorkerSettings(BaseSettings):
     retry_max_duration_seconds: float = Field(3600.0, ge=0, description="0 retries for ever")
     stats_interval_seconds: float = Field(2.0, gt=0)
     shutdown_grace_seconds: float = Field(10.0, ge=0)
+    dedupe_window: int = Field(
+        50_000, ge=0, description="Messages remembered to recognise copies delivered again (0: none)"
+    )
     health_file: str = "/tmp/worker-health"
     log_level: str = "INFO"
 

@@ -24,6 +24,7 @@ from tenacity import (
 )
 
 from . import topics
+from .dedupe import RecentMessages, fingerprint
 from .errors import PermanentError, RetryableError, SetupError
 from .messages import now_iso
 from .mqtt import MqttConnection, MqttError
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 DELIVERY_EVENT_MIN_INTERVAL = 0.2  # at most five delivery events a second: history, not a firehose
 RETRY_EVENT_MIN_INTERVAL = 5.0
 HEALTH_INTERVAL = 5.0
+COUNTER_NAMES = ("delivered", "failed", "retried", "duplicates")
 
 
 class Interrupted(Exception):
@@ -72,14 +74,13 @@ class Counters:
     delivered: int = 0
     failed: int = 0
     retried: int = 0
+    duplicates: int = 0  # copies recognised and dropped (acknowledged without handling them again)
     last_delivery_at: str | None = None
-    sent: dict[str, int] = field(default_factory=lambda: {"delivered": 0, "failed": 0, "retried": 0})
+    sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
 
     def pending(self) -> dict[str, Any]:
         """What changed since the last report."""
-        delta: dict[str, Any] = {
-            name: getattr(self, name) - self.sent[name] for name in ("delivered", "failed", "retried")
-        }
+        delta: dict[str, Any] = {name: getattr(self, name) - self.sent[name] for name in COUNTER_NAMES}
         delta = {name: value for name, value in delta.items() if value}
         if delta and self.last_delivery_at:
             delta["last_delivery_at"] = self.last_delivery_at
@@ -87,7 +88,7 @@ class Counters:
 
     def mark_sent(self, delta: dict[str, Any]) -> None:
         """Record that a delta reached the handler."""
-        for name in ("delivered", "failed", "retried"):
+        for name in COUNTER_NAMES:
             self.sent[name] += delta.get(name, 0)
 
 
@@ -127,6 +128,8 @@ class Worker:
         self._draining = False
         self._inflight: set[asyncio.Task[Any]] = set()
         self._downlink_waiters: dict[str, asyncio.Future[str | None]] = {}
+        self._handled = RecentMessages(worker.dedupe_window)
+        self._handling: dict[int, asyncio.Future[bool]] = {}  # fingerprint -> done (True once handled)
         self._last_delivery_event = 0.0
         self._last_retry_event = 0.0
 
@@ -211,6 +214,9 @@ class Worker:
 
     # -- machinery ------------------------------------------------------------------------------
 
+    def _session_topic(self) -> str:
+        return topics.integration_topic(self.app_id, self.integration_id, f"session/{self.worker.replica}")
+
     def _status_topic(self) -> str:
         return topics.integration_topic(self.app_id, self.integration_id, f"status/{self.worker.replica}")
 
@@ -242,6 +248,9 @@ class Worker:
                 return
             self._ready.set()
             await self.mqtt.publish(self._status_topic(), self._status("running"), retain=True)
+            # Mosquitto does not restore shared subscriptions after a restart: the orchestrator makes them
+            # again for replicas that are not connected (a paused integration), from this list.
+            await self.mqtt.publish(self._session_topic(), {"filters": self.mqtt.filters}, retain=True)
             self.mqtt.on_reconnect.append(self._announce_running)
             self.log.info("integration %s running (replica %d)", self.integration_id, self.worker.replica)
             background = [asyncio.create_task(self._stats_loop()), asyncio.create_task(self._health_loop())]
@@ -340,6 +349,23 @@ class Worker:
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         await self._ready.wait()
+        key = fingerprint(topic, payload)
+        first = self._handling.get(key)
+        if key in self._handled or (first is not None and await asyncio.shield(first)):
+            self.counters.duplicates += 1  # a copy of a message handled already: acknowledge, do nothing
+            return
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._handling[key] = done
+        try:
+            await self._handle_once(topic, payload)
+            self._handled.add(key)
+            done.set_result(True)
+        finally:
+            self._handling.pop(key, None)
+            if not done.done():
+                done.set_result(False)  # not handled (shutting down): a copy must not count as handled
+
+    async def _handle_once(self, topic: str, payload: bytes) -> None:
         if self._draining:
             await asyncio.Future()  # never acknowledged: redelivered when the worker comes back
         task = asyncio.current_task()

@@ -4,111 +4,102 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Query, status
+from fastapi import APIRouter, Query, Request, status
 
-from ...errors import ValidationFailed
-from ...handler import downlinks, registry
-from ...handler.uplinks import UplinkRejected
 from ...schemas import DeviceCreate, DevicePublic, DeviceUpdate, Page
-from ..deps import OrchestratorDep, PrincipalDep
+from ..deps import PrincipalDep, ServicesDep
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/devices", tags=["devices"])
 
+UPLINK_EXAMPLE = {"f_port": 1, "frm_payload": "AQI=", "decoded_payload": {"temperature": 21.5}}
+DOWNLINK_EXAMPLE = {"downlinks": [{"f_port": 2, "frm_payload": "AQ=="}]}
+
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DevicePublic)
-async def create_device(app_id: str, body: DeviceCreate, orch: OrchestratorDep, who: PrincipalDep) -> object:
+async def create_device(app_id: str, body: DeviceCreate, services: ServicesDep, who: PrincipalDep) -> object:
     """Register a device; emits `device.create`."""
     who.require(app_id, "devices:write")
-    device = await orch.handler.run_db(registry.create_device, app_id=app_id, data=body)
-    await orch.handler.device_changed("create", registry.device_json(device))
-    return device
+    return await services.devices.create(app_id, body)
 
 
 @router.get("", response_model=Page[DevicePublic])
 async def list_devices(
     app_id: str,
-    orch: OrchestratorDep,
+    services: ServicesDep,
     who: PrincipalDep,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> object:
     """A page of devices, ordered by id."""
     who.require(app_id, "devices:read")
-    items, total = await orch.handler.run_db(registry.list_devices, app_id=app_id, limit=limit, offset=offset)
-    return {"items": items, "total": total, "offset": offset, "limit": limit}
+    return await services.devices.page(app_id, limit=limit, offset=offset)
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-async def get_device(app_id: str, device_id: str, orch: OrchestratorDep, who: PrincipalDep) -> object:
+async def get_device(app_id: str, device_id: str, services: ServicesDep, who: PrincipalDep) -> object:
     """One device."""
     who.require(app_id, "devices:read")
-    return await orch.handler.run_db(registry.get_device, app_id, device_id)
+    return await services.devices.get(app_id, device_id)
 
 
 @router.patch("/{device_id}", response_model=DevicePublic)
 async def update_device(
-    app_id: str, device_id: str, body: DeviceUpdate, orch: OrchestratorDep, who: PrincipalDep
+    app_id: str, device_id: str, body: DeviceUpdate, services: ServicesDep, who: PrincipalDep
 ) -> object:
     """Change the given fields; emits `device.update`."""
     who.require(app_id, "devices:write")
-    device = await orch.handler.run_db(registry.update_device, app_id=app_id, device_id=device_id, data=body)
-    await orch.handler.device_changed("update", registry.device_json(device))
-    return device
+    return await services.devices.update(app_id, device_id, body)
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_device(app_id: str, device_id: str, orch: OrchestratorDep, who: PrincipalDep) -> None:
+async def delete_device(app_id: str, device_id: str, services: ServicesDep, who: PrincipalDep) -> None:
     """Remove a device; emits `device.delete`."""
     who.require(app_id, "devices:write")
-    device = await orch.handler.run_db(registry.delete_device, app_id=app_id, device_id=device_id)
-    await orch.handler.device_changed("delete", registry.device_json(device))
+    await services.devices.delete(app_id, device_id)
 
 
-@router.post("/{device_id}/uplinks", status_code=status.HTTP_201_CREATED)
+# The bodies below are read as bytes and parsed by the handler, exactly as MQTT's are: the same checks and
+# the same `uplink.error` / `downlink.failed` events for both ways in. The OpenAPI extras only document them.
+
+
+def _json_body(example: dict[str, Any]) -> dict[str, Any]:
+    content = {"application/json": {"schema": {"type": "object"}, "example": example}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+@router.post("/{device_id}/uplinks", status_code=status.HTTP_201_CREATED, openapi_extra=_json_body(UPLINK_EXAMPLE))
 async def send_uplink(
-    app_id: str,
-    device_id: str,
-    orch: OrchestratorDep,
-    who: PrincipalDep,
-    body: Any = Body(..., examples=[{"f_port": 1, "frm_payload": "AQI=", "decoded_payload": {"temperature": 21.5}}]),
+    app_id: str, device_id: str, request: Request, services: ServicesDep, who: PrincipalDep
 ) -> object:
-    """Send an uplink as the device (or a simulator); the answer carries the downlink sent back, if any."""
+    """Send an uplink as the device (or a simulator); logged before the answer, which carries the downlink
+    sent back, if any."""
     who.require(app_id, "uplinks:write")
-    await orch.handler.run_db(registry.get_device, app_id, device_id)  # 404 for unknown ids
-    try:
-        uplink, downlink = await orch.handler.accept_uplink(app_id, device_id, body)
-    except UplinkRejected as err:
-        raise ValidationFailed(err.problems or [{"field": "(body)", "message": str(err)}]) from err
-    return {"uplink": uplink, "downlink": downlink}
+    return await services.devices.send_uplink(app_id, device_id, await request.body())
 
 
-@router.post("/{device_id}/downlinks", status_code=status.HTTP_201_CREATED)
+@router.post("/{device_id}/downlinks", status_code=status.HTTP_201_CREATED, openapi_extra=_json_body(DOWNLINK_EXAMPLE))
 async def push_downlinks(
     app_id: str,
     device_id: str,
-    orch: OrchestratorDep,
+    request: Request,
+    services: ServicesDep,
     who: PrincipalDep,
     replace: bool = Query(False, description="Replace the queue instead of appending"),
-    body: Any = Body(..., examples=[{"downlinks": [{"f_port": 2, "frm_payload": "AQ=="}]}]),
 ) -> object:
     """Queue downlinks (like MQTT `down/push`, or `down/replace` with ?replace=true); returns their ids."""
     who.require(app_id, "downlinks:write")
-    await orch.handler.run_db(registry.get_device, app_id, device_id)
-    return {"downlinks": await orch.handler.push_downlinks(app_id, device_id, body, replace=replace)}
+    return await services.devices.push_downlinks(app_id, device_id, await request.body(), replace=replace)
 
 
 @router.get("/{device_id}/downlinks")
-async def list_downlinks(app_id: str, device_id: str, orch: OrchestratorDep, who: PrincipalDep) -> object:
+async def list_downlinks(app_id: str, device_id: str, services: ServicesDep, who: PrincipalDep) -> object:
     """The device's queue, in sending order."""
     who.require(app_id, "messages:read")
-    await orch.handler.run_db(registry.get_device, app_id, device_id)
-    items = await orch.handler.run_db(downlinks.queued, app_id=app_id, device_id=device_id)
-    return {"downlinks": [{"id": item.id, "queued_at": item.queued_at, **item.body} for item in items]}
+    return await services.devices.queued_downlinks(app_id, device_id)
 
 
 @router.delete("/{device_id}/downlinks", status_code=status.HTTP_204_NO_CONTENT)
-async def clear_downlinks(app_id: str, device_id: str, orch: OrchestratorDep, who: PrincipalDep) -> None:
+async def clear_downlinks(app_id: str, device_id: str, services: ServicesDep, who: PrincipalDep) -> None:
     """Drop the device's queue."""
     who.require(app_id, "downlinks:write")
-    await orch.handler.run_db(registry.get_device, app_id, device_id)
-    await orch.handler.clear_downlinks(app_id, device_id)
+    await services.devices.clear_downlinks(app_id, device_id)

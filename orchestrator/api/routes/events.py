@@ -1,50 +1,107 @@
-"""The application's event stream (SSE) with `prefix` filter and Last-Event-ID resume."""
+"""The application's events: a live stream (SSE) that resumes from the log, and the history, page by page."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from fastapi import APIRouter, Header, Query
+from fastapi.responses import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from ...handler import registry
-from ..deps import OrchestratorDep, PrincipalDep
+from ...events.log import EventQuery
+from ...services.events import StreamGap
+from ..deps import PrincipalDep, ServicesDep
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/events", tags=["events"])
 
-GAP_MESSAGE = "some events were lost (the buffer moved on or the orchestrator restarted); resync if needed"
+HISTORY_EXAMPLE = {
+    "items": [
+        {
+            "id": 4711,
+            "name": "uplink",
+            "time": "2026-11-25T10:00:00.123456Z",
+            "device_id": "sensor-1",
+            "integration_id": None,
+            "data": {"end_device_ids": {"device_id": "sensor-1"}, "uplink_message": {"f_port": 1}},
+        }
+    ],
+    "more": True,
+}
+
+
+def _prefixes(text: str) -> tuple[str, ...]:
+    return tuple(item for item in text.split(",") if item)
 
 
 @router.get("", response_class=EventSourceResponse)
 async def stream_events(
     app_id: str,
-    orch: OrchestratorDep,
+    services: ServicesDep,
     who: PrincipalDep,
-    prefix: str = Query("", description="Only events whose name starts with this, e.g. `uplink` or `downlink.`"),
-    replay: bool = Query(False, description="Start with every buffered event"),
-    last_event_id: str | None = Header(None, description="Resume after this event id"),
+    prefix: str = Query(
+        "",
+        description="Only events whose name starts with one of these (comma-separated), "
+        "e.g. `uplink` or `downlink.,device.`",
+    ),
+    replay: bool = Query(False, description="Start with the most recent events (ORCH_EVENTS__STREAM_REPLAY_COUNT)"),
+    last_event_id: str | None = Header(None, description="Resume after this event id (from the log)"),
 ) -> EventSourceResponse:
-    """Server-sent events: `event:` is the event name, `data:` its JSON, `id:` the resume point."""
-    who.require(app_id, "messages:read")
-    await orch.handler.run_db(registry.get_application, app_id)
-    after: int | None = None
-    if last_event_id and last_event_id.strip().isdigit():
-        after = int(last_event_id)
-    elif replay:
-        after = orch.hub.boot_id
-    prefixes = [item for item in prefix.split(",") if item] or [""]
+    """Server-sent events: `event:` is the event name, `data:` its JSON, `id:` its id in the log.
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
+    With `Last-Event-ID` the stream starts with every logged event after that id (across restarts), then goes
+    on live; `stream.gap` says when retention already removed some of them.
+    """
+    who.require(app_id, "messages:read")
+    after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else None
+    events = await services.events.stream(app_id, after=after, replay=replay, prefixes=_prefixes(prefix))
+
+    async def sse() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="ok")
-        async for event in orch.hub.listen(app_id, after):
-            if event is None:
-                yield ServerSentEvent(data=json.dumps({"message": GAP_MESSAGE}), event="stream.gap")
-            elif any(event.name.startswith(item) for item in prefixes):
+        async for event in events:
+            if isinstance(event, StreamGap):
+                yield ServerSentEvent(data=json.dumps({"message": event.message}), event="stream.gap")
+            else:
                 yield ServerSentEvent(data=event.data, event=event.name, id=str(event.id))
 
     return EventSourceResponse(
-        events(),
-        ping=orch.settings.handler.keepalive_seconds,
+        sse(),
+        ping=services.events.settings.keepalive_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.get(
+    "/history",
+    responses={200: {"content": {"application/json": {"example": HISTORY_EXAMPLE}}}},
+)
+async def event_history(
+    app_id: str,
+    services: ServicesDep,
+    who: PrincipalDep,
+    after_id: int | None = Query(None, ge=0, description="Only events with a larger id"),
+    before_id: int | None = Query(None, ge=0, description="Only events with a smaller id"),
+    since: datetime | None = Query(None, description="Only events logged at or after this time (RFC 3339)"),
+    until: datetime | None = Query(None, description="Only events logged before this time (RFC 3339)"),
+    type: str = Query("", description="Event name prefixes, comma-separated, e.g. `uplink` or `downlink.,device.`"),
+    device_id: str | None = Query(None, description="Only this device's events"),
+    integration_id: str | None = Query(None, description="Only this integration's events"),
+    order: str = Query("desc", pattern="^(asc|desc)$", description="`desc`: newest first; `asc`: oldest first"),
+    limit: int = Query(100, ge=1, le=1000),
+) -> Response:
+    """Logged events, a page at a time. Page back with `before_id` = the last id of a `desc` page, or forward
+    with `after_id` = the last id of an `asc` page, while `more` is true."""
+    who.require(app_id, "messages:read")
+    query = EventQuery(
+        after_id=after_id,
+        before_id=before_id,
+        since=since,
+        until=until,
+        prefixes=_prefixes(type),
+        device_id=device_id,
+        integration_id=integration_id,
+        limit=limit,
+        newest_first=order == "desc",
+    )
+    return Response(await services.events.history(app_id, query), media_type="application/json")

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 
 from ...errors import NotFoundError
 from ...templates import IntegrationTemplate
-from ..deps import OrchestratorDep, PrincipalDep
+from ..deps import PrincipalDep, ServicesDep
 
 router = APIRouter(prefix="/api/v1/templates", tags=["templates"])
 
@@ -22,21 +22,21 @@ def _public(template: IntegrationTemplate) -> dict[str, Any]:
 
 
 @router.get("")
-async def list_templates(orch: OrchestratorDep, who: PrincipalDep) -> list[dict[str, Any]]:
+async def list_templates(services: ServicesDep, who: PrincipalDep) -> list[dict[str, Any]]:
     """Every template: what the gallery shows, and the fields of the add-integration form."""
-    return [_public(template) for template in sorted(orch.templates.templates.values(), key=lambda t: t.name)]
+    return [_public(template) for template in sorted(services.templates.templates.values(), key=lambda t: t.name)]
 
 
 @router.get("/{template_id}")
-async def get_template(template_id: str, orch: OrchestratorDep, who: PrincipalDep) -> dict[str, Any]:
+async def get_template(template_id: str, services: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     """One template."""
-    return _public(orch.templates.get(template_id))
+    return _public(services.templates.get(template_id))
 
 
 @router.get("/{template_id}/logo", response_class=FileResponse)
-async def get_logo(template_id: str, orch: OrchestratorDep) -> FileResponse:
+async def get_logo(template_id: str, services: ServicesDep) -> FileResponse:
     """The template's logo file (public, so <img> tags can load it)."""
-    path = orch.templates.logo_path(template_id)
+    path = services.templates.logo_path(template_id)
     if path is None or not path.is_file():
         raise NotFoundError("logo", template_id)
     return FileResponse(path, headers={"Cache-Control": "max-age=3600"})

@@ -7,7 +7,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from ..errors import OrchestratorError
+from .errors import OrchestratorError
 
 
 class SecretBox:

@@ -1,45 +1,28 @@
-"""Integrations in the database: create from a template, update, enable, delete, and the worker spec."""
+"""Integrations in the database: create from a template, update, enable, delete."""
 
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from ..config import Settings
 from ..db.models import ApiKey, Integration, IntegrationActivity, IntegrationStats, utcnow
-from ..errors import ConflictError, NotFoundError, ValidationFailed
-from ..handler import registry
-from ..handler.keys import INTEGRATION_SCOPES
-from ..runtime.base import Runtime, WorkerSpec
-from ..schemas import (
-    IntegrationCounters,
-    IntegrationCreate,
-    IntegrationPublic,
-    IntegrationStatus,
-    IntegrationUpdate,
-)
-from ..templates import IntegrationTemplate, ResolvedConfig, TemplateRegistry, check_values
-from .secrets import SecretBox
-
-
-def resolve(
-    template: IntegrationTemplate, values: dict[str, Any], kept_secrets: dict[str, Any] | None = None
-) -> ResolvedConfig:
-    """Check values against the template; ValidationFailed lists every problem at once."""
-    resolved, problems = check_values(template, values, kept_secrets)
-    if problems:
-        raise ValidationFailed(problems)
-    return resolved
+from ..errors import ConflictError, NotFoundError
+from ..integrations.spec import check_replicas, resolve
+from ..keys import INTEGRATION_SCOPES
+from ..schemas import IntegrationCreate, IntegrationUpdate
+from ..secretbox import SecretBox
+from ..templates import TemplateRegistry
+from .applications import get_application
+from .keys import create_key
 
 
 def get_integration(session: Session, app_id: str, integration_id: str) -> Integration:
     """The integration, or NotFoundError (for the application too)."""
     record = session.get(Integration, (app_id, integration_id))
     if record is None:
-        registry.get_application(session, app_id)
+        get_application(session, app_id)
         raise NotFoundError("integration", integration_id)
     return record
 
@@ -48,7 +31,7 @@ def list_integrations(session: Session, *, app_id: str | None = None) -> list[In
     """Integrations of one application, or of all."""
     query = select(Integration).order_by(Integration.application_id, Integration.id)
     if app_id is not None:
-        registry.get_application(session, app_id)
+        get_application(session, app_id)
         query = query.where(Integration.application_id == app_id)
     return list(session.scalars(query))
 
@@ -57,7 +40,7 @@ def page_integrations(
     session: Session, *, app_id: str, limit: int, offset: int, state: str | None = None
 ) -> tuple[list[Integration], int]:
     """One page of an application's integrations, ordered by id, optionally in one state; and the total."""
-    registry.get_application(session, app_id)
+    get_application(session, app_id)
     query = select(Integration).where(Integration.application_id == app_id)
     if state is not None:
         query = query.where(Integration.actual_state == state)
@@ -72,25 +55,18 @@ def _new_id(session: Session, app_id: str, template_id: str) -> str:
             return candidate
 
 
-def check_replicas(template: IntegrationTemplate, replicas: int) -> None:
-    """Refuse more replicas than the template's image can run side by side."""
-    if replicas > template.max_replicas:
-        message = f"the {template.name} integration runs at most {template.max_replicas} replica(s)"
-        raise ValidationFailed([{"field": "replicas", "message": message}])
-
-
 def create_integration(
     session: Session, *, templates: TemplateRegistry, box: SecretBox, app_id: str, data: IntegrationCreate
 ) -> Integration:
     """Create an integration (and its worker key); the reconciler starts it."""
-    registry.get_application(session, app_id)
+    get_application(session, app_id)
     template = templates.get(data.template_id)
     check_replicas(template, data.replicas)
     resolved = resolve(template, data.config)
     integration_id = data.id or _new_id(session, app_id, template.id)
     if session.get(Integration, (app_id, integration_id)) is not None:
         raise ConflictError(f"integration {integration_id!r} exists already in {app_id}")
-    key_record, key = registry.create_key(
+    key_record, key = create_key(
         session,
         app_id=app_id,
         name=f"integration {integration_id}",
@@ -180,68 +156,3 @@ def delete_integration(session: Session, *, app_id: str, integration_id: str) ->
         session.execute(delete(table).where(table.application_id == app_id, table.integration_id == integration_id))
     session.delete(record)
     return record
-
-
-def to_public(record: Integration, box: SecretBox) -> IntegrationPublic:
-    """The API view: configuration without secrets (only which secrets are set), status, counters."""
-    return IntegrationPublic(
-        id=record.id,
-        application_id=record.application_id,
-        name=record.name,
-        template_id=record.template_id,
-        template_version=record.template_version,
-        config=record.config,
-        secrets_set=sorted(box.open(record.secrets_encrypted, {})),
-        enabled=record.enabled,
-        replicas=record.replicas,
-        resources=record.resources,
-        status=IntegrationStatus(
-            desired="running" if record.enabled else "stopped",
-            actual=record.actual_state,
-            since=record.state_since,
-            last_error=record.last_error,
-            last_error_at=record.last_error_at,
-            restart_count=record.restart_count,
-            runtime=record.runtime,
-            handle=record.runtime_handle,
-        ),
-        counters=IntegrationCounters(
-            delivered=record.delivered,
-            failed=record.failed,
-            retried=record.retried,
-            last_delivery_at=record.last_delivery_at,
-        ),
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-    )
-
-
-def build_spec(
-    record: Integration, template: IntegrationTemplate, box: SecretBox, settings: Settings, runtime: Runtime
-) -> WorkerSpec:
-    """The worker spec: the template's image, the field environment, and how to reach the handler."""
-    resolved = resolve(template, record.config, box.open(record.secrets_encrypted, {}))
-    key = box.open(record.key_encrypted)
-    broker_url, api_url = runtime.worker_urls(settings.broker.url, settings.api_url)
-    environment = {
-        **resolved.environment,
-        "HANDLER_MQTT_URL": settings.broker.worker_url or broker_url,
-        "HANDLER_API_URL": settings.public_url or api_url,
-        "HANDLER_APPLICATION_ID": record.application_id,
-        "HANDLER_API_KEY": key,
-        "INTEGRATION_ID": record.id,
-    }
-    return WorkerSpec(
-        name=record.runtime_name,
-        application_id=record.application_id,
-        integration_id=record.id,
-        template_id=template.id,
-        template_version=template.version,
-        image=template.image.reference,
-        python_module=template.image.python_module,
-        environment=environment,
-        secret_env=(*resolved.secret_env, "HANDLER_API_KEY"),
-        replicas=record.replicas,
-        memory_mb=record.resources.get("memory_mb", template.resources.memory_mb),
-        cpus=record.resources.get("cpus", template.resources.cpus),
-    )

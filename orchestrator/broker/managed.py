@@ -1,4 +1,4 @@
-"""The managed Mosquitto: configuration, password and ACL files from the key table, start, reload, stop."""
+"""The managed Mosquitto: configuration, password and ACL files, start, supervise, save, reload, stop."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from worker_sdk import topics
+
+from ..bus import Bus
 from ..errors import BrokerError
 
 log = logging.getLogger(__name__)
 ADMIN_USER = "orchestrator"
 SUPERVISE_INTERVAL_SECONDS = 1.0
 RESTART_DELAY_MAX_SECONDS = 30.0
+SAVE_DELAY_SECONDS = 0.2  # changes to sessions within this time share one save
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class BrokerUser:
 class ManagedBroker:
     """A Mosquitto process the orchestrator configures and supervises (embedded-broker mode)."""
 
-    def __init__(self, directory: Path, url: str, binary: str, max_queued_messages: int) -> None:
+    def __init__(self, directory: Path, url: str, binary: str, max_queued_messages: int, bus: Bus) -> None:
         self.directory = directory
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
@@ -43,7 +47,13 @@ class ManagedBroker:
         self.pid: int | None = None
         self.extra_hosts: list[str] = []  # more addresses to listen on, e.g. Docker's bridge gateway
         self.restarts = 0  # times the supervisor restarted a broker that had exited
+        self.saves = 0  # saves asked for (SIGUSR1) when sessions changed
         self._supervisor: asyncio.Task[None] | None = None
+        self._save: asyncio.TimerHandle | None = None
+        # Sessions change when the orchestrator (re)connects and subscribes, when a worker has made its
+        # session and subscriptions (it then reports its status), and when one is removed.
+        bus.on_connect(self._on_session_change)
+        bus.subscribe(topics.integration_topic("+", "+", "status/+"), self._on_worker_status)
 
     @property
     def pid_file(self) -> Path:
@@ -99,6 +109,28 @@ class ManagedBroker:
         """SIGHUP: Mosquitto re-reads the password and ACL files."""
         if self.pid and _alive(self.pid):
             os.kill(self.pid, signal.SIGHUP)
+
+    def save_soon(self) -> None:
+        """Ask Mosquitto to save its sessions (SIGUSR1) shortly: called when a worker's session changes.
+
+        Mosquitto saves on its own only every `autosave_interval`; a session (and its subscriptions) made
+        since the last save would not survive a crash, and the messages published for it meanwhile would
+        reach nobody. Several changes in a row share one save.
+        """
+        if self._save is None:
+            self._save = asyncio.get_running_loop().call_later(SAVE_DELAY_SECONDS, self._save_now)
+
+    async def _on_session_change(self) -> None:
+        self.save_soon()
+
+    async def _on_worker_status(self, topic: str, payload: bytes) -> None:
+        self.save_soon()
+
+    def _save_now(self) -> None:
+        self._save = None
+        if self.pid and _alive(self.pid):
+            os.kill(self.pid, signal.SIGUSR1)
+            self.saves += 1
 
     async def start(self) -> None:
         """Start Mosquitto, or adopt the one a previous run left behind; wait until it accepts connections."""
@@ -195,6 +227,8 @@ class ManagedBroker:
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
+        if self._save is not None:
+            self._save.cancel()
         if not self.pid or not _alive(self.pid):
             return
         os.kill(self.pid, signal.SIGTERM)

@@ -1,0 +1,153 @@
+"""The bus: the orchestrator's one MQTT connection, and the in-process fan-out of the events it logs.
+
+Every part that talks MQTT (the handler, the event outbox, the recorder, the reconciler) subscribes and
+publishes here; every part that follows events as they are logged (the event stream, the TEST button)
+listens here. Nobody else opens a connection or keeps a listener list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from worker_sdk.mqtt import ConnectedHook, MessageHandler, MqttConnection, MqttError
+
+from .events.log import LoggedEvent
+
+log = logging.getLogger(__name__)
+LISTENER_QUEUE_SIZE = 10_000
+CLIENT_ID = "orchestrator-handler"
+
+
+class Listener:
+    """New events of one application (or all), in log order, until the listener falls too far behind."""
+
+    def __init__(self, limit: int = LISTENER_QUEUE_SIZE) -> None:
+        self._items: deque[LoggedEvent] = deque()
+        self._limit = limit
+        self._ready = asyncio.Event()
+        self._lagged = False
+
+    def put(self, event: LoggedEvent) -> None:
+        """Queue an event; a full queue is emptied and marked lagged (the reader catches up from the log)."""
+        if len(self._items) >= self._limit:
+            self._items.clear()
+            self._lagged = True
+        self._items.append(event)
+        self._ready.set()
+
+    async def get(self) -> LoggedEvent | None:
+        """The next event; None once after events were dropped, so the reader re-reads from the log."""
+        while not self._items and not self._lagged:
+            self._ready.clear()
+            await self._ready.wait()
+        if self._lagged:
+            self._lagged = False
+            return None
+        return self._items.popleft()
+
+
+class Bus:
+    """One persistent MQTT session for the whole orchestrator, and listeners of logged events."""
+
+    def __init__(self, url: str, *, username: str | None, password: str | None, receive_maximum: int) -> None:
+        self.url = url
+        self._login = (username, password)
+        # No resend by the client after a reconnect: the event outbox publishes again from the durable log
+        # whatever the broker did not acknowledge (a resend would be a second copy).
+        self._mqtt = MqttConnection(
+            url,
+            CLIENT_ID,
+            username=username,
+            password=password,
+            receive_maximum=receive_maximum,
+            resend_after_reconnect=False,
+        )
+        self._listeners: dict[str | None, set[Listener]] = {}
+
+    # -- MQTT ------------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker connection is up."""
+        return self._mqtt.is_connected
+
+    @property
+    def connections(self) -> int:
+        """How many times the bus has connected: tells one connection's messages from the next one's."""
+        return self._mqtt.connections
+
+    async def wait_connected(self) -> None:
+        """Return once the broker connection is up."""
+        await self._mqtt.wait_connected()
+
+    def subscribe(
+        self, topic_filter: str, handler: MessageHandler, *, no_local: bool = False, retained: bool = True
+    ) -> None:
+        """Handle messages on a filter (QoS 1; acknowledged when the handler returns, not if it raises)."""
+        self._mqtt.subscribe(topic_filter, handler, no_local=no_local, retained=retained)
+
+    def on_connect(self, hook: ConnectedHook) -> None:
+        """Run `hook` after every connect, the first included."""
+        self._mqtt.on_connect.append(hook)
+
+    async def publish(self, topic: str, payload: bytes | str | dict[str, Any], *, retain: bool = False) -> None:
+        """Publish with QoS 1 and wait for the broker's acknowledgement; MqttError if none comes."""
+        await self._mqtt.publish(topic, payload, retain=retain)
+
+    def publish_nowait(self, topic: str, payload: bytes | str, *, retain: bool = False) -> asyncio.Future[None]:
+        """Publish with QoS 1 now (only while connected); the future resolves with the acknowledgement."""
+        if not self.connected:
+            raise MqttError(f"not connected to the MQTT broker at {self.url}")
+        return self._mqtt.publish_nowait(topic, payload, retain=retain)
+
+    async def start(self) -> None:
+        """Connect, retrying until the broker answers."""
+        await self._mqtt.connect_with_retry()
+
+    async def stop(self) -> None:
+        """Disconnect; the persistent session keeps what arrives meanwhile."""
+        await self._mqtt.disconnect()
+
+    async def forget_sessions(self, client_ids: list[str]) -> None:
+        """End the broker sessions of workers that are gone for good, and the messages queued for them.
+
+        A session outlives its worker: left behind, it keeps its subscriptions (a shared one still takes
+        its turn of the messages) and the broker queues for it without end. Connecting with its client id
+        and a clean start replaces it; no worker may be using the id.
+        """
+
+        async def forget(client_id: str) -> None:
+            connection = MqttConnection(
+                self.url, client_id, username=self._login[0], password=self._login[1], persistent=False
+            )
+            try:
+                await connection.connect(timeout=10)
+                await connection.disconnect()
+            except (MqttError, TimeoutError, OSError) as err:
+                log.warning("could not end the broker session %s: %s", client_id, err)
+
+        await asyncio.gather(*(forget(client_id) for client_id in client_ids))
+
+    # -- listeners of logged events ----------------------------------------------------------------
+
+    @contextmanager
+    def listening(self, app_id: str | None) -> Iterator[Listener]:
+        """A listener of one application's new events (None: every application's) for the `with` block."""
+        listener = Listener()
+        self._listeners.setdefault(app_id, set()).add(listener)
+        try:
+            yield listener
+        finally:
+            self._listeners.get(app_id, set()).discard(listener)
+
+    def announce(self, events: list[LoggedEvent]) -> None:
+        """Hand logged events to their application's listeners (call from the event loop, in log order)."""
+        for event in events:
+            for key in (event.application_id, None):
+                for listener in self._listeners.get(key, ()):
+                    listener.put(event)

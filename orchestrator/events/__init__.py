@@ -1,0 +1,1 @@
+"""Events: the durable log, and the outbox that logs, announces and publishes every event."""

@@ -1,0 +1,246 @@
+"""The event outbox: every event is logged durably first, then handed to listeners and published on MQTT.
+
+Why: Mosquitto acknowledges a message as soon as it holds it in memory and saves that memory only now
+and then, so a broker killed between two saves forgets messages it had acknowledged. The log does not
+forget. The outbox publishes the log's events in order and, once the broker acknowledged everything up
+to an id, records that id on the broker itself as a retained *checkpoint*. The checkpoint is saved by
+the broker together with the messages it covers, so after any restart (of the broker or of the
+orchestrator) the checkpoint the broker still has says exactly where its memory ends: the outbox
+publishes everything after it again. Workers drop the copies they already handled (worker SDK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from worker_sdk.mqtt import MqttError
+
+from ..bus import Bus
+from ..db.models import utcnow
+from ..errors import DatabaseUnavailable
+from .log import EventLog, LoggedEvent, NewEvent
+
+log = logging.getLogger(__name__)
+CHECKPOINT_TOPIC = "orchestrator/log-checkpoint"
+CHECKPOINT_INTERVAL_SECONDS = 0.2
+CHECKPOINT_WAIT_SECONDS = 1.0  # how long a retained checkpoint may take to arrive after a connect
+MAX_BATCH = 1000  # events per database write, and per burst of publishes awaiting their acknowledgements
+STOP_FLUSH_SECONDS = 5.0
+
+
+class SessionGuard(Protocol):
+    """Makes sure every subscriber's session is complete on the broker before events go out after a connect."""
+
+    async def ready(self, connection: int) -> None: ...
+
+
+def _ignore_outcome(future: asyncio.Future[None]) -> None:
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+def describe(err: BaseException) -> str:
+    """A database error in one line, without the SQL statement SQLAlchemy appends."""
+    original = getattr(err, "orig", None) or err
+    return f"{type(original).__name__}: {str(original).splitlines()[0] if str(original) else ''}".rstrip(": ")
+
+
+class Outbox:
+    """Logs events in batches, announces them on the bus, publishes them in log order, and publishes again."""
+
+    def __init__(self, log: EventLog, bus: Bus, sessions: SessionGuard) -> None:
+        self.log = log
+        self.bus = bus
+        self.sessions = sessions
+        self.failure: str | None = None  # why the log cannot be written, while it cannot
+        self.published_through = 0  # every event with a topic up to this id was acknowledged by the broker
+        self.republished = 0  # events published again after a broker or orchestrator restart
+        self._pending: list[tuple[NewEvent, asyncio.Future[LoggedEvent]]] = []
+        self._written = asyncio.Event()
+        self._to_publish: deque[LoggedEvent] = deque()
+        self._publishable = asyncio.Event()
+        self._replayed_connection = 0  # the bus connection whose broker state the log was last replayed onto
+        self._broker_checkpoints: dict[int, int | None] = {}  # per bus connection: the first checkpoint seen
+        self._checkpoint_sent = -1
+        self._tasks: list[asyncio.Task[None]] = []
+        bus.subscribe(CHECKPOINT_TOPIC, self._on_checkpoint, no_local=True)
+        bus.on_connect(self._on_connect)
+
+    @property
+    def backlog(self) -> int:
+        """Logged events not yet acknowledged by the broker."""
+        return len(self._to_publish)
+
+    async def emit(self, event: NewEvent) -> LoggedEvent:
+        """Log an event durably (batched with others) and return it with its id; DatabaseUnavailable if it cannot be.
+
+        Listeners get it and MQTT publishing starts as soon as it is written; the caller need not wait.
+        """
+        future: asyncio.Future[LoggedEvent] = asyncio.get_running_loop().create_future()
+        self._pending.append((event, future))
+        self._written.set()
+        return await future
+
+    def start(self) -> None:
+        """Start writing and publishing."""
+        self._tasks = [
+            asyncio.create_task(self._write_loop()),
+            asyncio.create_task(self._publish_loop()),
+            asyncio.create_task(self._checkpoint_loop()),
+        ]
+
+    async def stop(self) -> None:
+        """Write what is pending, publish what the broker takes within a few seconds, record the checkpoint."""
+        deadline = time.monotonic() + STOP_FLUSH_SECONDS
+        while (self._pending or (self._to_publish and self.bus.connected)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.bus.connected:
+            with contextlib.suppress(MqttError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._send_checkpoint()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._written.wait()
+            self._written.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                await self._write(batch)
+
+    async def _write(self, batch: list[tuple[NewEvent, asyncio.Future[LoggedEvent]]]) -> None:
+        events = [event for event, _ in batch]
+        at = utcnow()
+        try:
+            ids = await self.log.insert(events, at)
+        except (SQLAlchemyError, OSError, DatabaseUnavailable) as err:
+            self.failure = f"the event log cannot be written: {describe(err)}"
+            log.error("%s; %d events refused (their senders are told)", self.failure, len(batch))
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(DatabaseUnavailable(self.failure))
+            return
+        if self.failure:
+            log.info("the event log can be written again")
+        self.failure = None
+        logged = [
+            LoggedEvent(ident, e.application_id, e.name, e.data, at, e.device_id, e.integration_id, e.topic)
+            for ident, e in zip(ids, events, strict=True)
+        ]
+        for (_, future), event in zip(batch, logged, strict=True):
+            if not future.done():
+                future.set_result(event)
+        self.bus.announce(logged)
+        publishable = [event for event in logged if event.topic]
+        if publishable:
+            self._to_publish.extend(publishable)
+            self._publishable.set()
+
+    # -- publishing --------------------------------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self.bus.wait_connected()
+            try:
+                if self._replay_needed:
+                    await self._replay(self.bus.connections)
+                elif self._to_publish:
+                    batch = [self._to_publish.popleft() for _ in range(min(MAX_BATCH, len(self._to_publish)))]
+                    await self._publish(batch)
+                else:
+                    self._publishable.clear()
+                    await self._publishable.wait()
+            except MqttError as err:
+                # What was not acknowledged is published again from the log after the next connect.
+                log.warning("event publishing paused: %s", err)
+                await asyncio.sleep(0.1)
+
+    @property
+    def _replay_needed(self) -> bool:
+        return self._replayed_connection != self.bus.connections
+
+    async def _publish(self, events: list[LoggedEvent]) -> None:
+        """Publish in order and wait for every acknowledgement; MqttError if the connection went meanwhile."""
+        futures: list[asyncio.Future[None]] = []
+        try:
+            for event in events:
+                futures.append(self.bus.publish_nowait(event.topic or "", event.data))
+        except MqttError:
+            for future in futures:
+                _ignore_outcome(future)
+            raise
+        await asyncio.wait(futures)
+        errors = [future.exception() for future in futures if future.exception() is not None]
+        if errors:
+            raise MqttError(str(errors[0]))
+        self.published_through = max(self.published_through, events[-1].id)
+
+    async def _replay(self, connection: int) -> None:
+        """Publish again every logged event the broker's checkpoint does not cover."""
+        await self.sessions.ready(connection)
+        empty = not await self.log.newest_id()
+        start = None if empty else await self._broker_checkpoint(connection)
+        self._replayed_connection = connection
+        if start is None:
+            start = 0
+            if not empty:
+                log.warning(
+                    "the broker has no event checkpoint (a new broker, or one that lost its saved state): "
+                    "publishing again every event the log keeps"
+                )
+        self.published_through = start
+        cursor, count = start, 0
+        while page := await self.log.publishable_after(cursor, MAX_BATCH):
+            await self._publish(page)
+            cursor, count = page[-1].id, count + len(page)
+        while self._to_publish and self._to_publish[0].id <= cursor:
+            self._to_publish.popleft()  # just published from the log
+        log.info("broker checkpoint %s: published %d events again that the broker may have lost", start, count)
+        self.republished += count
+
+    # -- the checkpoint ----------------------------------------------------------------------------
+
+    async def _on_connect(self) -> None:
+        self._publishable.set()  # the loop sees a new connection and replays first
+
+    async def _on_checkpoint(self, topic: str, payload: bytes) -> None:
+        try:
+            value: int | None = int(json.loads(payload)["log_id"])
+        except (ValueError, KeyError, TypeError):
+            value = None
+        self._broker_checkpoints.setdefault(self.bus.connections, value)
+
+    async def _broker_checkpoint(self, connection: int) -> int | None:
+        """The checkpoint the broker kept (a retained message it sends right after our subscription)."""
+        deadline = time.monotonic() + CHECKPOINT_WAIT_SECONDS
+        while connection not in self._broker_checkpoints and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        value = self._broker_checkpoints.get(connection)
+        self._broker_checkpoints = {connection: value}
+        return value
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS)
+            if self.bus.connected and not self._replay_needed and self.published_through != self._checkpoint_sent:
+                with contextlib.suppress(MqttError):
+                    _ignore_outcome(self._checkpoint_future())
+
+    def _checkpoint_future(self) -> asyncio.Future[None]:
+        self._checkpoint_sent = self.published_through
+        body: dict[str, Any] = {"log_id": self.published_through, "time": utcnow().isoformat()}
+        return self.bus.publish_nowait(CHECKPOINT_TOPIC, json.dumps(body), retain=True)
+
+    async def _send_checkpoint(self) -> None:
+        await self._checkpoint_future()

@@ -1,0 +1,29 @@
+"""Services: what the API calls; each owns a resource's sequence (write, cache and event, broker, reconciler)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..templates import TemplateRegistry
+from .applications import ApplicationService
+from .devices import DeviceService
+from .events import EventService
+from .health import HealthService
+from .integrations import IntegrationService
+from .keys import KeyService, Principal
+
+
+@dataclass(frozen=True)
+class Services:
+    """Every service, as the API routes reach them."""
+
+    applications: ApplicationService
+    keys: KeyService
+    devices: DeviceService
+    integrations: IntegrationService
+    events: EventService
+    health: HealthService
+    templates: TemplateRegistry
+
+
+__all__ = ["Principal", "Services"]

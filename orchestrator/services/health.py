@@ -1,0 +1,64 @@
+"""Health: is the orchestrator able to take messages and act (broker, event log, runtime, reconciler)?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..broker.managed import ManagedBroker
+from ..bus import Bus
+from ..events.log import EventLog
+from ..events.outbox import Outbox
+from ..reconciler import Reconciler
+from ..runtime.base import Runtime
+from ..templates import TemplateRegistry
+
+
+class HealthService:
+    """What /healthz reports: healthy while the broker is connected and the event log can be written."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        outbox: Outbox,
+        log: EventLog,
+        runtime: Runtime,
+        templates: TemplateRegistry,
+        reconciler: Reconciler,
+        broker: ManagedBroker | None,
+    ) -> None:
+        self.bus = bus
+        self.outbox = outbox
+        self.log = log
+        self.runtime = runtime
+        self.templates = templates
+        self.reconciler = reconciler
+        self.broker = broker
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the orchestrator is healthy, and the details."""
+        connected = self.bus.connected
+        writable = self.outbox.failure is None
+        healthy = connected and writable
+        body: dict[str, Any] = {
+            "status": "ok" if healthy else "degraded",
+            "broker": "connected" if connected else "disconnected",
+            "event_log": {
+                "status": "ok" if writable else "failing",
+                "error": self.outbox.failure,
+                "unpublished": self.outbox.backlog,
+                "published_through": self.outbox.published_through,
+                "republished": self.outbox.republished,
+                "pruned": self.log.pruned,
+            },
+            "runtime": self.runtime.name,
+            "templates": len(self.templates.templates),
+            "reconciler": {"passes": self.reconciler.passes, "last_pass_seconds": self.reconciler.last_pass_seconds},
+        }
+        if self.broker is not None:
+            body["managed_broker"] = {
+                "running": self.broker.running(),
+                "restarts": self.broker.restarts,
+                "saves": self.broker.saves,
+            }
+        return healthy, body

@@ -1,0 +1,275 @@
+"""Integrations: create from a template, configure, pause, restart, delete; watch (logs, activity, stats, test)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker_sdk import topics
+from worker_sdk.messages import end_device_ids, now_iso
+from worker_sdk.redact import Redactor
+
+from ..bus import Bus, Listener
+from ..db import Database
+from ..db.models import Integration, IntegrationActivity, IntegrationStats, utcnow
+from ..errors import ConflictError, ValidationFailed
+from ..handler.core import Handler
+from ..integrations.spec import resolve
+from ..reconciler import Reconciler
+from ..runtime.base import Runtime, WorkerState
+from ..schemas import (
+    IntegrationCounters,
+    IntegrationCreate,
+    IntegrationPublic,
+    IntegrationStatus,
+    IntegrationTest,
+    IntegrationUpdate,
+    TestOutcome,
+    ValidationResult,
+)
+from ..secretbox import SecretBox
+from ..store import applications as application_store
+from ..store import devices as device_store
+from ..store import integrations as store
+from ..templates import TemplateRegistry
+from .keys import KeyService
+
+TEST_TIMEOUT_SECONDS = 20.0
+
+
+class IntegrationService:
+    """Every change to an integration: the record (secrets sealed), its worker key, then the reconciler."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        templates: TemplateRegistry,
+        box: SecretBox,
+        reconciler: Reconciler,
+        keys: KeyService,
+        bus: Bus,
+        handler: Handler,
+        runtime: Runtime,
+    ) -> None:
+        self.db = db
+        self.templates = templates
+        self.box = box
+        self.reconciler = reconciler
+        self.keys = keys
+        self.bus = bus
+        self.handler = handler
+        self.runtime = runtime
+
+    def to_public(self, record: Integration) -> IntegrationPublic:
+        """The API view: configuration without secrets (only which secrets are set), status, counters."""
+        return IntegrationPublic(
+            id=record.id,
+            application_id=record.application_id,
+            name=record.name,
+            template_id=record.template_id,
+            template_version=record.template_version,
+            config=record.config,
+            secrets_set=sorted(self.box.open(record.secrets_encrypted, {})),
+            enabled=record.enabled,
+            replicas=record.replicas,
+            resources=record.resources,
+            status=IntegrationStatus(
+                desired=WorkerState.RUNNING if record.enabled else WorkerState.STOPPED,
+                actual=WorkerState(record.actual_state),
+                since=record.state_since,
+                last_error=record.last_error,
+                last_error_at=record.last_error_at,
+                restart_count=record.restart_count,
+                runtime=record.runtime,
+                handle=record.runtime_handle,
+            ),
+            counters=IntegrationCounters(
+                delivered=record.delivered,
+                failed=record.failed,
+                retried=record.retried,
+                duplicates=record.duplicates,
+                last_delivery_at=record.last_delivery_at,
+            ),
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+    async def get(self, app_id: str, integration_id: str) -> IntegrationPublic:
+        """One integration, or NotFoundError."""
+        return self.to_public(await self.db.run(store.get_integration, app_id, integration_id))
+
+    async def page(self, app_id: str, *, limit: int, offset: int, state: WorkerState | None = None) -> dict[str, Any]:
+        """A page of an application's integrations, ordered by id, optionally in one state."""
+        records, total = await self.db.run(
+            store.page_integrations, app_id=app_id, limit=limit, offset=offset, state=state
+        )
+        return {"items": [self.to_public(r) for r in records], "total": total, "offset": offset, "limit": limit}
+
+    async def validate(self, app_id: str, data: IntegrationCreate) -> ValidationResult:
+        """Check a configuration without creating anything: every problem, field by field."""
+        await self.db.run(application_store.get_application, app_id)
+        template = self.templates.get(data.template_id)
+        try:
+            resolve(template, data.config)
+        except ValidationFailed as err:
+            return ValidationResult(valid=False, errors=err.errors)
+        return ValidationResult(valid=True)
+
+    async def create(self, app_id: str, data: IntegrationCreate) -> IntegrationPublic:
+        """Create from a template and field values, with a worker key; the worker starts right away (if enabled)."""
+        record = await self.db.run(
+            store.create_integration, templates=self.templates, box=self.box, app_id=app_id, data=data
+        )
+        await self.keys.refresh()
+        await self.reconciler.reconcile_one(app_id, record.id)
+        return await self.get(app_id, record.id)
+
+    async def update(self, app_id: str, integration_id: str, data: IntegrationUpdate) -> IntegrationPublic:
+        """Change name, config (merged; omitted secrets kept), replicas or resources; the worker is replaced."""
+        await self.db.run(
+            store.update_integration,
+            templates=self.templates,
+            box=self.box,
+            app_id=app_id,
+            integration_id=integration_id,
+            data=data,
+        )
+        await self.reconciler.reconcile_one(app_id, integration_id)
+        return await self.get(app_id, integration_id)
+
+    async def delete(self, app_id: str, integration_id: str) -> None:
+        """Delete: the worker is stopped and removed, its key revoked, before this returns."""
+        record = await self.db.run(store.delete_integration, app_id=app_id, integration_id=integration_id)
+        await self.reconciler.remove(record)
+        await self.keys.refresh()
+
+    async def set_enabled(self, app_id: str, integration_id: str, enabled: bool) -> IntegrationPublic:
+        """Enable (start again; what arrived meanwhile is delivered) or disable (pause, configuration kept)."""
+        await self.db.run(store.set_enabled, app_id=app_id, integration_id=integration_id, enabled=enabled)
+        await self.reconciler.reconcile_one(app_id, integration_id)
+        return await self.get(app_id, integration_id)
+
+    async def restart(self, app_id: str, integration_id: str) -> IntegrationPublic:
+        """Replace the worker with a fresh one."""
+        record = await self.db.run(store.get_integration, app_id, integration_id)
+        self.reconciler.request_restart(record.runtime_name)
+        await self.reconciler.reconcile_one(app_id, integration_id)
+        return await self.get(app_id, integration_id)
+
+    # -- watching ------------------------------------------------------------------------------
+
+    async def logs(self, app_id: str, integration_id: str, tail: int) -> tuple[list[str], AsyncIterator[str]]:
+        """The worker's last log lines, and an iterator of new ones, both with secrets masked."""
+        record = await self.db.run(store.get_integration, app_id, integration_id)
+        secrets = [str(value) for value in self.box.open(record.secrets_encrypted, {}).values()]
+        redactor = Redactor([*secrets, self.box.open(record.key_encrypted)])
+        lines = [redactor.text(line) for line in await self.runtime.logs(record.runtime_name, tail)]
+
+        async def follow() -> AsyncIterator[str]:
+            async for line in self.runtime.follow(record.runtime_name):
+                yield redactor.text(line)
+
+        return lines, follow()
+
+    async def activity(
+        self, app_id: str, integration_id: str, kind: str | None, limit: int
+    ) -> list[IntegrationActivity]:
+        """Recent deliveries, retries and errors, newest first."""
+
+        def load(session: Session) -> list[IntegrationActivity]:
+            store.get_integration(session, app_id, integration_id)
+            query = select(IntegrationActivity).where(
+                IntegrationActivity.application_id == app_id, IntegrationActivity.integration_id == integration_id
+            )
+            if kind:
+                query = query.where(IntegrationActivity.kind == kind)
+            return list(session.scalars(query.order_by(IntegrationActivity.id.desc()).limit(limit)))
+
+        return await self.db.run(load)
+
+    async def stats(self, app_id: str, integration_id: str, hours: int) -> dict[str, object]:
+        """Delivered, failed and retried per minute over the last hours (minutes without traffic left out)."""
+
+        def load(session: Session) -> list[IntegrationStats]:
+            store.get_integration(session, app_id, integration_id)
+            since = utcnow() - timedelta(hours=hours)
+            return list(
+                session.scalars(
+                    select(IntegrationStats)
+                    .where(
+                        IntegrationStats.application_id == app_id,
+                        IntegrationStats.integration_id == integration_id,
+                        IntegrationStats.minute >= since,
+                    )
+                    .order_by(IntegrationStats.minute)
+                )
+            )
+
+        buckets = await self.db.run(load)
+        return {
+            "minutes": [
+                {"minute": b.minute, "delivered": b.delivered, "failed": b.failed, "retried": b.retried}
+                for b in buckets
+            ]
+        }
+
+    async def test(self, app_id: str, integration_id: str, body: IntegrationTest) -> TestOutcome:
+        """Send a sample uplink through this integration only, and report what happened (delivery or error)."""
+        record = await self.db.run(store.get_integration, app_id, integration_id)
+        if not record.enabled or record.actual_state != WorkerState.RUNNING:
+            raise ConflictError(f"integration {integration_id} is {record.actual_state}, not running; enable it first")
+        device_id = body.device_id
+        if device_id is None:
+            devices, _ = await self.db.run(device_store.list_devices, app_id=app_id, limit=1, offset=0)
+            device_id = devices[0].device_id if devices else "test-device"
+        device = self.handler.device(app_id, device_id) or {}
+        correlation_id = f"test:{uuid.uuid4().hex}"
+        received_at = now_iso()
+        uplink = {
+            "end_device_ids": end_device_ids(app_id, device_id, device.get("dev_eui"), device.get("join_eui")),
+            "correlation_ids": [correlation_id],
+            "received_at": received_at,
+            "uplink_message": {
+                "f_port": body.f_port,
+                "frm_payload": body.frm_payload,
+                "decoded_payload": body.decoded_payload,
+                "received_at": received_at,
+            },
+        }
+        with self.bus.listening(app_id) as listener:  # listen before sending, so the answer cannot slip by
+            await self.bus.publish(topics.integration_topic(app_id, integration_id, "test"), uplink)
+            answer = await _wait_for_answer(listener, integration_id, correlation_id)
+        if answer is None:
+            return TestOutcome(
+                outcome="no answer",
+                message=f"no delivery or error within {TEST_TIMEOUT_SECONDS:.0f} s; "
+                "a target that keeps failing is still being retried: see the activity",
+                event=None,
+                uplink=uplink,
+            )
+        outcome = "delivered" if answer["event"] == "delivery" else "failed"
+        return TestOutcome(outcome=outcome, message=str(answer.get("message", "")), event=answer, uplink=uplink)
+
+
+async def _wait_for_answer(listener: Listener, integration_id: str, correlation_id: str) -> dict[str, Any] | None:
+    """The integration's delivery or final error event for this correlation id (retries are skipped)."""
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT_SECONDS):
+            while True:
+                event = await listener.get()
+                if event is None or event.name not in ("integration.delivery", "integration.error"):
+                    continue
+                data = json.loads(event.data)
+                ids = (data.get("details") or {}).get("correlation_ids") or []
+                if event.integration_id == integration_id and correlation_id in ids:
+                    return data
+    except TimeoutError:
+        return None

@@ -1,0 +1,96 @@
+"""Keys: create, list and revoke application keys; authenticate callers; keep the broker's accounts in step."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from .. import keys as key_rules
+from ..broker.accounts import BrokerAccounts
+from ..db import Database
+from ..db.models import ApiKey
+from ..errors import AuthenticationError, PermissionDenied
+from ..schemas import KeyCreate, KeyCreated, KeyPublic
+from ..store import keys as store
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: the admin, or a key of one application with some scopes."""
+
+    admin: bool
+    application_id: str | None = None
+    scopes: frozenset[str] = frozenset()
+    key_id: str | None = None
+
+    def require(self, app_id: str, scope: str) -> None:
+        """PermissionDenied unless the caller may do `scope` on this application."""
+        if self.admin:
+            return
+        if self.application_id != app_id:
+            raise PermissionDenied(f"key {self.key_id} belongs to application {self.application_id}, not {app_id}")
+        if scope not in self.scopes:
+            raise PermissionDenied(f"key {self.key_id} lacks the {scope} scope")
+
+    def require_admin(self) -> None:
+        """PermissionDenied unless the caller holds the admin token."""
+        if not self.admin:
+            raise PermissionDenied("this needs the admin token, not an application key")
+
+
+@dataclass(frozen=True)
+class CachedKey:
+    """What authentication needs of a key, kept in memory so requests do not touch the database."""
+
+    key_id: str
+    secret_hash: str
+    application_id: str
+    scopes: frozenset[str]
+
+
+class KeyService:
+    """Application keys, the in-memory key cache, and the broker accounts that follow them."""
+
+    def __init__(self, db: Database, accounts: BrokerAccounts, admin_token: str) -> None:
+        self.db = db
+        self.accounts = accounts
+        self.admin_token = admin_token
+        self._cache: dict[str, CachedKey] = {}
+
+    async def refresh(self) -> None:
+        """Reload every key into the cache and into the broker's accounts (after any key changed)."""
+        records = await self.db.run(store.all_keys)
+        self._cache = {
+            record.id: CachedKey(
+                record.id, record.secret_hash, record.application_id, frozenset(key_rules.expand(record.scopes))
+            )
+            for record in records
+        }
+        self.accounts.sync(records)
+
+    def authenticate(self, token: str | None) -> Principal:
+        """The caller behind a bearer token: the admin token, or a key checked against its hash."""
+        if not token:
+            raise AuthenticationError("send Authorization: Bearer <admin token or application key>")
+        if hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            return Principal(admin=True)
+        key_id = key_rules.key_id_of(token)
+        cached = self._cache.get(key_id) if key_id else None
+        if cached is None or not key_rules.matches(token, cached.secret_hash):
+            raise AuthenticationError("the token is neither the admin token nor a valid application key")
+        return Principal(False, cached.application_id, cached.scopes, cached.key_id)
+
+    async def create(self, app_id: str, data: KeyCreate) -> KeyCreated:
+        """Create a key; the answer is the only place the key itself appears."""
+        record, key = await self.db.run(store.create_key, app_id=app_id, name=data.name, scopes=list(data.scopes))
+        await self.refresh()
+        return KeyCreated(**KeyPublic.model_validate(record).model_dump(), key=key)
+
+    async def list(self, app_id: str) -> list[ApiKey]:
+        """Keys of an application (never the keys themselves, which are not kept)."""
+        return await self.db.run(store.list_keys, app_id=app_id)
+
+    async def delete(self, app_id: str, key_id: str) -> None:
+        """Revoke a key (the API at once; the broker for new connections and every publish or subscribe)."""
+        await self.db.run(store.delete_key, app_id=app_id, key_id=key_id)
+        await self.refresh()

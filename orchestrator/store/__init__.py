@@ -1,0 +1,1 @@
+"""The database functions: one module per group of tables, each taking a Session (see db.Database.run)."""

@@ -1,0 +1,52 @@
+"""Application keys in the database: only hashes are kept."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .. import keys
+from ..db.models import ApiKey
+from ..errors import ConflictError, NotFoundError
+from .applications import get_application
+
+
+def create_key(
+    session: Session, *, app_id: str, name: str, scopes: list[str], integration_id: str | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the record and the key itself (shown once)."""
+    get_application(session, app_id)
+    new = keys.generate()
+    record = ApiKey(
+        id=new.key_id,
+        application_id=app_id,
+        name=name,
+        scopes=sorted(set(scopes)),
+        secret_hash=keys.secret_hash(new.key),
+        mqtt_password_hash=keys.mosquitto_hash(new.key),
+        integration_id=integration_id,
+    )
+    session.add(record)
+    session.flush()
+    return record, new.key
+
+
+def list_keys(session: Session, *, app_id: str) -> list[ApiKey]:
+    """Keys of an application (without secrets, which are not kept)."""
+    get_application(session, app_id)
+    return list(session.scalars(select(ApiKey).where(ApiKey.application_id == app_id).order_by(ApiKey.created_at)))
+
+
+def delete_key(session: Session, *, app_id: str, key_id: str) -> None:
+    """Revoke a key; the keys of integrations go with their integration, not by hand."""
+    record = session.get(ApiKey, key_id)
+    if record is None or record.application_id != app_id:
+        raise NotFoundError("key", key_id)
+    if record.integration_id:
+        raise ConflictError(f"key {key_id} belongs to integration {record.integration_id}; delete that instead")
+    session.delete(record)
+
+
+def all_keys(session: Session) -> list[ApiKey]:
+    """Every key, for the broker's password file and the API's key cache."""
+    return list(session.scalars(select(ApiKey)))

@@ -1,0 +1,147 @@
+"""Wiring: builds every part of a running orchestrator, in dependency order, and starts and stops them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .broker.accounts import BrokerAccounts
+from .broker.managed import ADMIN_USER, ManagedBroker
+from .broker.sessions import WorkerSessions
+from .bus import Bus
+from .config import Settings
+from .db import Database
+from .events.log import EventLog
+from .events.outbox import Outbox
+from .handler.core import Handler
+from .integrations.recorder import IntegrationRecorder
+from .reconciler import Reconciler
+from .runtime import Runtime, make_runtime
+from .secretbox import SecretBox
+from .services import Services
+from .services.applications import ApplicationService
+from .services.devices import DeviceService
+from .services.events import EventService
+from .services.health import HealthService
+from .services.integrations import IntegrationService
+from .services.keys import KeyService
+from .store import integrations as integration_store
+from .templates import TemplateRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Orchestrator:
+    """Every long-lived part; each is built once here and handed to the parts that use it."""
+
+    settings: Settings
+    db: Database
+    bus: Bus
+    broker: ManagedBroker | None
+    event_log: EventLog
+    outbox: Outbox
+    handler: Handler
+    recorder: IntegrationRecorder
+    runtime: Runtime
+    reconciler: Reconciler
+    box: SecretBox
+    services: Services
+
+    @classmethod
+    def build(cls, settings: Settings) -> Orchestrator:
+        """Create the parts (nothing is started yet)."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url)
+        templates = TemplateRegistry(settings.templates_dir).load()
+        box = SecretBox(settings.persistent_secret("secret.key", settings.secret_key, factory="fernet"))
+        admin_token = settings.persistent_secret("admin.token", settings.admin_token)
+        broker_password = settings.persistent_secret("broker.password", None)
+        username: str | None = ADMIN_USER
+        password: str | None = broker_password
+        if settings.broker.mode == "external":
+            secret = settings.broker.password
+            username, password = settings.broker.username, secret.get_secret_value() if secret else None
+        bus = Bus(
+            settings.broker.url, username=username, password=password, receive_maximum=settings.handler.receive_maximum
+        )
+        broker = None
+        if settings.broker.mode == "managed":
+            broker = ManagedBroker(
+                settings.data_dir / "mosquitto",
+                settings.broker.url,
+                settings.broker.mosquitto_binary,
+                settings.broker.max_queued_messages,
+                bus,
+            )
+        event_log = EventLog(db, settings.events)
+        outbox = Outbox(event_log, bus, WorkerSessions(db, bus, box, broker))
+        handler = Handler(settings.handler, db, bus, outbox)
+        recorder = IntegrationRecorder(db, bus, outbox)
+        runtime = make_runtime(settings, allowed_images=templates.images)
+        reconciler = Reconciler(settings=settings, db=db, bus=bus, runtime=runtime, templates=templates, box=box)
+        keys = KeyService(db, BrokerAccounts(broker, broker_password), admin_token)
+        services = Services(
+            applications=ApplicationService(db, handler, reconciler, keys),
+            keys=keys,
+            devices=DeviceService(db, handler),
+            integrations=IntegrationService(
+                db=db,
+                templates=templates,
+                box=box,
+                reconciler=reconciler,
+                keys=keys,
+                bus=bus,
+                handler=handler,
+                runtime=runtime,
+            ),
+            events=EventService(db, event_log, bus, settings.events),
+            health=HealthService(
+                bus=bus,
+                outbox=outbox,
+                log=event_log,
+                runtime=runtime,
+                templates=templates,
+                reconciler=reconciler,
+                broker=broker,
+            ),
+            templates=templates,
+        )
+        return cls(settings, db, bus, broker, event_log, outbox, handler, recorder, runtime, reconciler, box, services)
+
+    async def start(self) -> None:
+        """Migrate, write broker accounts, start the broker, load the registry, connect, reconcile."""
+        self.db.migrate()
+        if len(self.box.keys) > 1:
+            count = await self.db.run(integration_store.reseal_secrets, self.box)
+            log.info("secrets of %d integrations sealed with the first ORCH_SECRET_KEY; the others can go", count)
+        await self.services.keys.refresh()
+        if self.broker is not None:
+            if not self.settings.broker.worker_url:
+                self.broker.extra_hosts = self.runtime.extra_listen_addresses()
+            await self.broker.start()
+            self.broker.supervise()
+        await self.handler.start()  # the registry is in memory before the first message arrives
+        self.outbox.start()
+        self.event_log.start()
+        await self.bus.start()
+        self.reconciler.start()
+        log.info(
+            "orchestrator ready: API on %s, runtime %s, broker %s (%s)",
+            self.settings.api_url,
+            self.runtime.name,
+            self.settings.broker.url,
+            self.settings.broker.mode,
+        )
+
+    async def stop(self) -> None:
+        """Stop reconciling, then the runtime's own workers, the event flow, the connection and the broker."""
+        await self.reconciler.stop()
+        await self.runtime.close()
+        await self.outbox.stop()
+        await self.handler.stop()
+        await self.event_log.stop()
+        await self.bus.stop()
+        if self.broker is not None:
+            await self.broker.stop()
+        self.db.engine.dispose()
