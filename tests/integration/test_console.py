@@ -128,11 +128,23 @@ def test_user_adds_tests_watches_and_removes_a_webhook(
     expect(page.locator("[data-state=running]").first).to_be_visible(timeout=30_000)
     assert orchestrator.integration("greenhouse", "to-sink")["secrets_set"] == ["auth_token"]
 
-    # Live events of the application.
+    # Live events of the application; older ones page in from the log.
     page.get_by_role("link", name="← greenhouse").click()
     tab(page, "Events").click()
     expect(page.locator("[data-event='integration.delivery']").first).to_be_visible()
     shot(page, "console-events")
+    for n in range(120):  # more than a stream replays when it opens (100)
+        orchestrator.uplink("greenhouse", "sensor-1", {"f_port": 1, "decoded_payload": {"n": n}})
+    page.get_by_role("button", name="Apply").click()  # opens the stream again
+    expect(page.locator("[data-event=uplink]").first).to_be_visible()
+    expect(page.locator("[data-event='device.create']")).to_have_count(0)
+    for _ in range(10):
+        if page.locator("[data-event='device.create']").count():
+            break
+        page.get_by_role("button", name="Older events").click()
+        page.wait_for_timeout(300)
+    expect(page.locator("[data-event='device.create']").first).to_be_visible()
+    expect(page.locator("[data-event=uplink]")).to_have_count(120)
 
     # Disable, then delete with confirmation.
     tab(page, "Integrations").click()

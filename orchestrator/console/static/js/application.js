@@ -131,29 +131,49 @@ async function devicesTab(appId, body, offset = 0) {
 function eventsTab(appId, body) {
   const list = h("div", { "aria-live": "polite", "aria-label": "Events" });
   const prefix = h("input", { id: "prefix", type: "text", placeholder: "uplink, downlink., device., integration." });
+  const older = h("button", { type: "button", id: "older-events", onclick: () => loadOlder() }, "Older events");
   let controller = null;
+  let oldest = null; // the smallest log id shown: "Older events" pages back from it
+  const item = (name, id, text) => {
+    let data = text;
+    try { data = JSON.stringify(JSON.parse(text), null, 2); } catch { /* shown as is */ }
+    const summary = h("summary", {}, h("strong", {}, name), " ", h("span", { class: "muted small" }, describe({ data: text })));
+    if (id && (oldest === null || Number(id) < oldest)) oldest = Number(id);
+    return h("details", { class: "event-item", "data-event": name, "data-id": id }, summary, h("pre", {}, data));
+  };
   const start = () => {
     controller?.abort();
     controller = new AbortController();
     list.replaceChildren();
+    oldest = null;
+    older.disabled = false;
+    older.textContent = "Older events";
     const query = `?replay=true&prefix=${encodeURIComponent(prefix.value.trim())}`;
     (async () => {
       for await (const event of events(`/applications/${appId}/events${query}`, controller.signal)) {
-        let data = event.data;
-        try { data = JSON.stringify(JSON.parse(event.data), null, 2); } catch { /* shown as is */ }
-        const summary = h("summary", {}, h("strong", {}, event.event), " ", h("span", { class: "muted small" }, describe(event)));
-        list.prepend(h("details", { class: "event-item", "data-event": event.event }, summary, h("pre", {}, data)));
-        while (list.children.length > 500) list.lastChild.remove();
+        list.prepend(item(event.event, event.id, event.data));
       }
     })();
   };
+  // The log keeps what the stream showed before: page back through it, 50 at a time.
+  const loadOlder = async () => {
+    const params = new URLSearchParams({ limit: "50", type: prefix.value.trim() });
+    if (oldest !== null) params.set("before_id", String(oldest));
+    const page = await api("GET", `/applications/${appId}/events/history?${params}`);
+    for (const event of page.items) list.append(item(event.name, String(event.id), JSON.stringify(event.data)));
+    if (!page.more) {
+      older.disabled = true;
+      older.textContent = "No older events";
+    }
+  };
   onLeave(() => controller?.abort());
   body.replaceChildren(
-    h("h2", {}, "Live events"),
+    h("h2", {}, "Events"),
     h("form", { class: "row", onsubmit: (event) => { event.preventDefault(); start(); } },
       h("label", { for: "prefix" }, "Filter by name prefix"), prefix, h("button", { type: "submit" }, "Apply")),
-    h("p", { class: "muted small" }, "The stream resumes where it left off after a network drop (Last-Event-ID)."),
-    h("div", { class: "card" }, list),
+    h("p", { class: "muted small" }, "Live, newest first; every event is kept in the log, so the stream resumes where it "
+      + "left off after a network drop or a restart, and older events are a click away."),
+    h("div", { class: "card" }, list, h("div", { class: "row" }, older)),
   );
   start();
 }
