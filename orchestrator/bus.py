@@ -99,11 +99,27 @@ class Bus:
         """Publish with QoS 1 and wait for the broker's acknowledgement; MqttError if none comes."""
         await self._mqtt.publish(topic, payload, retain=retain)
 
+    @property
+    def send_window(self) -> int:
+        """How many messages may await the broker's acknowledgement at once (the broker's Receive Maximum)."""
+        return self._mqtt.send_window
+
     def publish_nowait(self, topic: str, payload: bytes | str, *, retain: bool = False) -> asyncio.Future[None]:
         """Publish with QoS 1 now (only while connected); the future resolves with the acknowledgement."""
         if not self.connected:
             raise MqttError(f"not connected to the MQTT broker at {self.url}")
         return self._mqtt.publish_nowait(topic, payload, retain=retain)
+
+    def publish_in_order(self, messages: list[tuple[str, str]]) -> asyncio.Future[None]:
+        """Publish several with QoS 1 now; the future resolves once the broker acknowledged them all.
+
+        Only the last one is tracked: a broker acknowledges in the order it received them.
+        """
+        if not self.connected:
+            raise MqttError(f"not connected to the MQTT broker at {self.url}")
+        for topic, payload in messages[:-1]:
+            self._mqtt.publish_untracked(topic, payload)
+        return self._mqtt.publish_nowait(*messages[-1])
 
     async def start(self) -> None:
         """Connect, retrying until the broker answers."""

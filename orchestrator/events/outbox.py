@@ -171,20 +171,12 @@ class Outbox:
         return self._replayed_connection != self.bus.connections
 
     async def _publish(self, events: list[LoggedEvent]) -> None:
-        """Publish in order and wait for every acknowledgement; MqttError if the connection went meanwhile."""
-        futures: list[asyncio.Future[None]] = []
-        try:
-            for event in events:
-                futures.append(self.bus.publish_nowait(event.topic or "", event.data))
-        except MqttError:
-            for future in futures:
-                _ignore_outcome(future)
-            raise
-        await asyncio.wait(futures)
-        errors = [future.exception() for future in futures if future.exception() is not None]
-        if errors:
-            raise MqttError(str(errors[0]))
-        self.published_through = max(self.published_through, events[-1].id)
+        """Publish in order and wait for the acknowledgements; MqttError if the connection went meanwhile."""
+        window = max(1, self.bus.send_window - 1)  # one left for the checkpoint
+        for start in range(0, len(events), window):
+            chunk = events[start : start + window]
+            await self.bus.publish_in_order([(event.topic or "", event.data) for event in chunk])
+            self.published_through = max(self.published_through, chunk[-1].id)
 
     async def _replay(self, connection: int) -> None:
         """Publish again every logged event the broker's checkpoint does not cover."""

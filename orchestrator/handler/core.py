@@ -7,6 +7,7 @@ import json
 import logging
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -113,7 +114,7 @@ class Handler:
         """Log a device event durably; the outbox publishes it on its topic and to the event stream."""
         topic = topics.device_topic(app_id, device_id, suffix)
         name = topics.DEVICE_TOPIC_EVENTS[suffix]
-        text = json.dumps(payload, separators=(",", ":"))
+        text = orjson.dumps(payload).decode()  # on every uplink: several times faster than json.dumps
         return await self.outbox.emit(NewEvent(app_id, name, text, device_id=device_id or None, topic=topic))
 
     # -- uplinks -------------------------------------------------------------------------------
@@ -280,7 +281,10 @@ class Handler:
         broker keeps it instead of it being acknowledged and lost.
         """
         try:
-            await retry_until_stored(lambda: self._handle_device_request(topic, payload), what=topic)
+            try:
+                await self._handle_device_request(topic, payload)
+            except DatabaseUnavailable:
+                await retry_until_stored(lambda: self._handle_device_request(topic, payload), what=topic)
         except (UplinkRejected, NotFoundError, ValidationFailed):
             pass  # already reported as an error event on the device
         except Exception:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from worker_sdk.messages import UplinkSubmission, describe_errors, end_device_ids, now_iso
@@ -19,6 +19,19 @@ class UplinkRejected(ValueError):
     def __init__(self, message: str, problems: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """True when objects and arrays nest more than `limit` levels (stops looking as soon as it knows)."""
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if limit <= 0:
+        return True
+    return any(isinstance(child, dict | list) and too_deep(child, limit - 1) for child in children)
 
 
 def json_depth(value: Any) -> int:
@@ -38,14 +51,15 @@ def parse_submission(body: bytes | dict[str, Any]) -> UplinkSubmission:
     """Parse and check an uplink body from MQTT or HTTP (bytes) or already-parsed JSON."""
     if isinstance(body, bytes | bytearray):
         try:
-            body = json.loads(body)
-        except RecursionError as err:
-            raise UplinkRejected(f"uplink is nested more than {MAX_JSON_DEPTH} levels deep") from err
-        except (ValueError, UnicodeDecodeError) as err:
+            body = orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            if str(err).startswith("depth limit"):  # orjson stops at 1,024 levels
+                raise UplinkRejected(f"uplink is nested more than {MAX_JSON_DEPTH} levels deep") from err
             raise UplinkRejected(f"uplink is not valid JSON: {err}") from err
     if not isinstance(body, dict):
         raise UplinkRejected("uplink must be a JSON object")
-    if (depth := json_depth(body)) > MAX_JSON_DEPTH:
+    if too_deep(body, MAX_JSON_DEPTH):
+        depth = json_depth(body)
         raise UplinkRejected(f"uplink is nested {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed")
     try:
         return UplinkSubmission.model_validate(body)

@@ -27,6 +27,7 @@ logging.getLogger("gmqtt.mqtt.protocol").setLevel(logging.ERROR)
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 ConnectedHook = Callable[[], Awaitable[None]]
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+MATCH_CACHE_SIZE = 10_000
 
 
 class MqttError(Exception):
@@ -108,6 +109,7 @@ class MqttConnection:
         self._filters: list[str] = []
         self._no_local: set[str] = set()
         self._live_only: set[str] = set()
+        self._match_cache: dict[tuple[str, str], bool] = {}
         self._handlers: dict[str, list[MessageHandler]] = {}
         self.on_reconnect: list[ConnectedHook] = []  # run after every connect but the first
         self.on_connect: list[ConnectedHook] = []  # run after every connect, the first included
@@ -151,6 +153,12 @@ class MqttConnection:
     def filters(self) -> list[str]:
         """The subscribed filters, in subscription-identifier order (1, 2, ...)."""
         return list(self._filters)
+
+    @property
+    def send_window(self) -> int:
+        """How many QoS 1 messages may await the broker's acknowledgement at once (its Receive Maximum)."""
+        values = self._client._package_handler._connack_properties.get("receive_maximum")  # gmqtt keeps it here
+        return int(values[0]) if values else 65535
 
     @property
     def connections(self) -> int:
@@ -256,17 +264,28 @@ class MqttConnection:
         self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, retain: bool = False
     ) -> asyncio.Future[None]:
         """Send now (the caller checks `is_connected`); the future resolves with the broker's PUBACK."""
-        if isinstance(payload, dict):
-            payload = json.dumps(payload, separators=(",", ":"))
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._client.publish(topic, payload, qos=qos, retain=retain)
-        mid = self._storage.last_mid if qos else None
+        mid = self.publish_untracked(topic, payload, qos=qos, retain=retain)
         if mid is None:
             waiter.set_result(None)
         else:
-            self._storage.last_mid = None
             self._storage.waiters[mid] = waiter
         return waiter
+
+    def publish_untracked(
+        self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, retain: bool = False
+    ) -> int | None:
+        """Send now without a future; returns the packet id (None for QoS 0).
+
+        A broker acknowledges QoS 1 messages in the order it received them (MQTT 3.1.1 §4.6, 5.0 §4.6), so
+        a publisher of many can wait for the last one's acknowledgement only.
+        """
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, separators=(",", ":"))
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+        mid = self._storage.last_mid if qos else None
+        self._storage.last_mid = None
+        return mid
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: dict[str, Any]) -> None:
         log.info("connected to MQTT broker %s:%s as %s", self.host, self.port, self.client_id)
@@ -287,6 +306,16 @@ class MqttConnection:
         if not self.resend_after_reconnect:
             self._storage.abandon(MqttError(f"lost the connection to the MQTT broker {self.host}:{self.port}"))
 
+    def _matches(self, topic_filter: str, topic: str) -> bool:
+        """topic_matches, remembered: checked for every message, and most come from a few topics."""
+        key = (topic_filter, topic)
+        found = self._match_cache.get(key)
+        if found is None:
+            if len(self._match_cache) >= MATCH_CACHE_SIZE:
+                self._match_cache.clear()
+            found = self._match_cache[key] = topic_matches(topic_filter, topic)
+        return found
+
     async def _on_message(
         self, client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
     ) -> int:
@@ -301,10 +330,10 @@ class MqttConnection:
         filters = [
             self._filters[i - 1]
             for i in identifiers
-            if 0 < i <= len(self._filters) and topic_matches(self._filters[i - 1], topic)
+            if 0 < i <= len(self._filters) and self._matches(self._filters[i - 1], topic)
         ]
         if not filters:  # no (usable) identifier: every matching filter
-            filters = [f for f in self._filters if topic_matches(f, topic)]
+            filters = [f for f in self._filters if self._matches(f, topic)]
         for topic_filter in filters:
             for handler in self._handlers[topic_filter]:
                 await handler(topic, payload)
