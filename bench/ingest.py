@@ -10,6 +10,7 @@ alternated ROUNDS times; throughput is distinct uplinks at the sink over the tim
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -58,15 +59,26 @@ class Burst:
         self.client.disconnect()
 
 
-def measure(sink: Sink, burst: Burst, offset: int) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(sink: Sink, burst: Burst, offset: int, processes: dict[str, int]) -> dict[str, Any]:
     sink.reset()
+    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     started = burst.send(BURST, offset)
     stats = sink.wait(BURST, timeout=300)
+    time.sleep(0.5)  # acknowledgements and reports still in flight
     delivered = stats["count"] - stats["duplicates"]
     return {
         "throughput_msg_s": round(delivered / (stats["last"] - started)) if delivered else 0,
         "lost": BURST - delivered,
         "duplicates": stats["duplicates"],
+        "cpu_us_per_msg": {
+            name: round((cpu_seconds(pid) - before[name]) / BURST * 1e6) for name, pid in processes.items()
+        },
     }
 
 
@@ -102,10 +114,17 @@ def run() -> dict[str, Any]:
                 orch.broker_port, ".".join(key.split(".")[:2]), key, f"v3/{APP}/devices/dev-1/up/push", True
             )
             warm_up(sink, handler)
+            assert orch.process is not None
+            processes = {
+                "orchestrator": orch.process.pid,
+                "worker": orch.integration(APP, "bench-hook")["status"]["handle"]["pids"][0],
+                "broker": int((orch.data_dir / "mosquitto" / "mosquitto.pid").read_text()),
+                "sink": sink.process.pid,
+            }
             for round_number in range(ROUNDS):
                 offset = round_number * 2 * BURST
                 for name, burst, start in (("direct", direct, offset), ("through_handler", handler, offset + BURST)):
-                    outcome = measure(sink, burst, start)
+                    outcome = measure(sink, burst, start, processes)
                     result[name].append(outcome)
                     print(f"  round {round_number + 1} {name}: {outcome}", flush=True)
             direct.close()

@@ -85,11 +85,9 @@ class Bus:
         """Return once the broker connection is up."""
         await self._mqtt.wait_connected()
 
-    def subscribe(
-        self, topic_filter: str, handler: MessageHandler, *, no_local: bool = False, retained: bool = True
-    ) -> None:
+    def subscribe(self, topic_filter: str, handler: MessageHandler, *, no_local: bool = False) -> None:
         """Handle messages on a filter (QoS 1; acknowledged when the handler returns, not if it raises)."""
-        self._mqtt.subscribe(topic_filter, handler, no_local=no_local, retained=retained)
+        self._mqtt.subscribe(topic_filter, handler, no_local=no_local)
 
     def on_connect(self, hook: ConnectedHook) -> None:
         """Run `hook` after every connect, the first included."""

@@ -21,7 +21,9 @@ class BrokerAccounts:
         """Write every key's account and ACL, plus the orchestrator's own; the broker reloads at once."""
         if self.broker is None:
             return
-        users = [BrokerUser(ADMIN_USER, key_rules.mosquitto_hash(self.admin_password), ["topic readwrite #"])]
+        # `#` does not cover `$SYS/...`: the orchestrator reads the broker's uptime there (worker sessions).
+        admin_acl = ["topic readwrite #", "topic read $SYS/#"]
+        users = [BrokerUser(ADMIN_USER, key_rules.mosquitto_hash(self.admin_password), admin_acl)]
         users += [
             BrokerUser(
                 record.id,

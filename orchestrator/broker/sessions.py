@@ -3,10 +3,12 @@
 Mosquitto 2.0 restores persistent sessions, their queued messages and plain subscriptions from its saved
 state, but not shared subscriptions, and every worker subscribes shared. A connected worker subscribes
 again by itself when it reconnects; a paused integration's worker does not run, so nothing would reach
-its session until it is resumed. Each worker publishes its filters (retained, `.../session/{replica}`);
-after every (re)connect the orchestrator waits a moment for running workers to come back, then connects
-as each replica that did not (with that integration's own key) and subscribes the same filters again.
-Only then does the event outbox publish, so no message goes out to a session that lost its subscriptions.
+its session until it is resumed. Each worker publishes its filters (retained, `.../session/{replica}`)
+and its status (retained, `.../status/{replica}`, with the time). After every (re)connect the
+orchestrator gives running workers a moment to come back; every replica not connected then (its last
+status is not `running`, or is older than the broker's own start, `$SYS/broker/uptime`) gets its
+filters subscribed again by the orchestrator, which connects as that replica with the integration's own
+key. Only then does the event outbox publish, so nothing goes out to a session missing subscriptions.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,6 +35,8 @@ from .managed import ManagedBroker
 log = logging.getLogger(__name__)
 ReplicaKey = tuple[str, str, int]  # application, integration, replica
 RETURN_GRACE_SECONDS = 3.0  # how long running workers get to reconnect and subscribe by themselves
+UPTIME_TOPIC = "$SYS/broker/uptime"  # Mosquitto's, every 10 s: "<seconds> seconds"
+UPTIME_SLACK = timedelta(seconds=15)  # the uptime is up to 10 s old; a later status is surely from after the start
 
 
 class WorkerSessions:
@@ -44,11 +49,13 @@ class WorkerSessions:
         self.broker = broker
         self.restored = 0  # replica sessions whose subscriptions were made again
         self._filters: dict[ReplicaKey, list[str]] = {}  # what each replica subscribes
-        self._running_in: dict[ReplicaKey, int] = {}  # the last bus connection during which it said it runs
+        self._running_since: dict[ReplicaKey, datetime] = {}  # when a replica last said it runs (connected)
+        self._broker_started: datetime | None = None
+        self._uptime_seen_in = 0  # the bus connection during which the broker's uptime last came
         self._ready_for = 0  # the bus connection after which the sessions are known to be complete
         bus.subscribe(topics.integration_topic("+", "+", "session/+"), self._on_session)
-        # Live statuses only (not the retained ones every connect brings): each says a worker is connected now.
-        bus.subscribe(topics.integration_topic("+", "+", "status/#"), self._on_status, retained=False)
+        bus.subscribe(topics.integration_topic("+", "+", "status/+"), self._on_status)
+        bus.subscribe(UPTIME_TOPIC, self._on_uptime)
 
     def _replica(self, topic: str, kind: str) -> ReplicaKey | None:
         parsed = topics.parse(topic)
@@ -76,11 +83,29 @@ class WorkerSessions:
         if key is None:
             return
         try:
-            running = bool(payload) and json.loads(payload).get("state") == "running"
-        except (ValueError, AttributeError, RecursionError):
-            running = False
-        if running:
-            self._running_in[key] = self.bus.connections
+            status = json.loads(payload) if payload else {}
+            at = datetime.fromisoformat(str(status["time"]).replace("Z", "+00:00"))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            status, at = {}, None
+        if status.get("state") == "running" and at is not None:
+            self._running_since[key] = at
+        else:
+            self._running_since.pop(key, None)  # stopped, offline (its will), or cleared
+
+    async def _on_uptime(self, topic: str, payload: bytes) -> None:
+        try:
+            seconds = int(payload.split()[0])
+        except (ValueError, IndexError):
+            return
+        self._broker_started = datetime.now(UTC) - timedelta(seconds=seconds)
+        self._uptime_seen_in = self.bus.connections
+
+    def _connected(self, key: ReplicaKey) -> bool:
+        """Whether the replica is connected now: it said `running`, and said so since the broker started."""
+        since = self._running_since.get(key)
+        if since is None:
+            return False
+        return self._broker_started is None or since >= self._broker_started - UPTIME_SLACK
 
     async def ready(self, connection: int) -> None:
         """Return once the sessions are complete for this bus connection (restoring them if needed)."""
@@ -90,15 +115,20 @@ class WorkerSessions:
         self._ready_for = connection
 
     async def _restore(self, connection: int) -> None:
+        # Retained messages come in subscription order, the uptime last: once it is here, so are the
+        # sessions and statuses the broker kept (a broker without $SYS topics gets a second, then goes on).
+        deadline = time.monotonic() + 1.0
+        while self._uptime_seen_in < connection and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         records = await self.db.run(_integrations_with_keys)
         enabled = {(r.application_id, r.id) for r, _ in records if r.enabled}
         keys = {(r.application_id, r.id): key for r, key in records}
         deadline = time.monotonic() + RETURN_GRACE_SECONDS
         while time.monotonic() < deadline and any(
-            self._running_in.get(key, 0) < connection for key in self._filters if key[:2] in enabled
+            not self._connected(key) for key in self._filters if key[:2] in enabled
         ):
             await asyncio.sleep(0.1)
-        missing = [key for key in self._filters if self._running_in.get(key, 0) < connection and key[:2] in keys]
+        missing = [key for key in self._filters if not self._connected(key) and key[:2] in keys]
         results = await asyncio.gather(*(self._subscribe_as(key, self._filters[key], keys[key[:2]]) for key in missing))
         count = sum(results)
         if count:

@@ -41,6 +41,10 @@ def test_orchestrator_crash_and_restart_adopts_running_workers(tmp_path: Path, m
         assert len(workers) == 1
         orch.uplink(APP, "dev-1", {"f_port": 1, "decoded_payload": {"after": "restart"}})
         assert wait_for(sink.accepted)[0].json()["uplink_message"]["decoded_payload"] == {"after": "restart"}
+        # The worker was connected all along: the orchestrator did not take over its broker session.
+        worker_log = (tmp_path / "o" / "process" / "logs" / f"{APP}--hook.0.log").read_text()
+        assert "lost the MQTT broker connection" not in worker_log
+        assert "made the subscriptions" not in orch.log_tail(200)
     finally:
         orch.stop()
     assert not pid_alive(pid)  # a graceful stop takes the process workers with it

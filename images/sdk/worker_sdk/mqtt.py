@@ -108,7 +108,6 @@ class MqttConnection:
         # subscription a message came through, so overlapping filters reach the right handlers.
         self._filters: list[str] = []
         self._no_local: set[str] = set()
-        self._live_only: set[str] = set()
         self._match_cache: dict[tuple[str, str], bool] = {}
         self._handlers: dict[str, list[MessageHandler]] = {}
         self.on_reconnect: list[ConnectedHook] = []  # run after every connect but the first
@@ -169,21 +168,16 @@ class MqttConnection:
         """Return once the broker connection is up."""
         await self._connected.wait()
 
-    def subscribe(
-        self, topic_filter: str, handler: MessageHandler, *, no_local: bool = False, retained: bool = True
-    ) -> None:
+    def subscribe(self, topic_filter: str, handler: MessageHandler, *, no_local: bool = False) -> None:
         """Register a handler; the subscription is (re)made on every connect, with QoS 1.
 
         `no_local`: leave out what this connection publishes itself (retained messages still arrive).
-        `retained=False`: only messages published from now on, not the retained ones.
         """
         if topic_filter not in self._handlers:
             self._filters.append(topic_filter)
             self._handlers[topic_filter] = []
             if no_local:
                 self._no_local.add(topic_filter)
-            if not retained:
-                self._live_only.add(topic_filter)
             if self.is_connected:
                 self._subscribe(topic_filter)
         self._handlers[topic_filter].append(handler)
@@ -195,7 +189,6 @@ class MqttConnection:
             qos=1,
             subscription_identifier=identifier,
             no_local=topic_filter in self._no_local,
-            retain_handling_options=2 if topic_filter in self._live_only else 0,
         )
 
     async def connect(self, timeout: float = 10.0) -> None:
