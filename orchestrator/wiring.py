@@ -75,7 +75,8 @@ class Orchestrator:
                 bus,
             )
         event_log = EventLog(db, settings.events)
-        outbox = Outbox(event_log, bus, WorkerSessions(db, bus, box, broker))
+        sessions = WorkerSessions(db, bus, box, broker)
+        outbox = Outbox(event_log, bus, sessions)
         handler = Handler(settings.handler, db, bus, outbox)
         recorder = IntegrationRecorder(db, bus, outbox)
         runtime = make_runtime(settings, allowed_images=templates.images)
@@ -104,6 +105,7 @@ class Orchestrator:
                 templates=templates,
                 reconciler=reconciler,
                 broker=broker,
+                sessions=sessions,
             ),
             templates=templates,
         )
@@ -123,7 +125,6 @@ class Orchestrator:
             self.broker.supervise()
         await self.handler.start()  # the registry is in memory before the first message arrives
         self.outbox.start()
-        self.event_log.start()
         await self.bus.start()
         self.reconciler.start()
         log.info(
@@ -140,7 +141,6 @@ class Orchestrator:
         await self.runtime.close()
         await self.outbox.stop()
         await self.handler.stop()
-        await self.event_log.stop()
         await self.bus.stop()
         if self.broker is not None:
             await self.broker.stop()

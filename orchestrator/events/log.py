@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, insert, or_, select, text
@@ -158,8 +157,11 @@ def pruned_through(session: Session, app_id: str) -> int:
     return record.pruned_through if record else 0
 
 
-def prune_application(session: Session, app_id: str, keep: int, cutoff: datetime) -> int:
-    """Remove events beyond the newest `keep` or older than `cutoff` (one chunk); returns how many went."""
+def prune_application(session: Session, app_id: str, keep: int, cutoff: datetime, protect_after: int) -> int:
+    """Remove events beyond the newest `keep` or older than `cutoff`, none after `protect_after` (one chunk).
+
+    Returns how many went.
+    """
     by_count = session.scalar(
         select(EventRecord.id)
         .where(EventRecord.application_id == app_id)
@@ -170,8 +172,8 @@ def prune_application(session: Session, app_id: str, keep: int, cutoff: datetime
     by_age = session.scalar(
         select(func.max(EventRecord.id)).where(EventRecord.application_id == app_id, EventRecord.time < cutoff)
     )
-    through = max(by_count or 0, by_age or 0)
-    if not through:
+    through = min(max(by_count or 0, by_age or 0), protect_after)
+    if through <= 0:
         return 0
     chunk = (
         select(EventRecord.id)
@@ -196,12 +198,11 @@ def prune_application(session: Session, app_id: str, keep: int, cutoff: datetime
 
 @dataclass
 class EventLog:
-    """Reads and writes the log, and removes what retention no longer keeps (in the background)."""
+    """Reads and writes the log, and removes what retention no longer keeps."""
 
     db: Database
     settings: EventSettings
     pruned: int = 0  # events removed by retention since start
-    _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def insert(self, events: list[NewEvent], at: datetime) -> list[int]:
         """Write a batch durably; returns the ids. Raises what the database raises."""
@@ -223,38 +224,19 @@ class EventLog:
         """The newest id of this application that retention removed."""
         return await self.db.run(pruned_through, app_id)
 
-    def start(self) -> None:
-        """Run retention in the background."""
-        self._task = asyncio.create_task(self._prune_loop())
-
-    async def stop(self) -> None:
-        """Stop retention."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def prune(self) -> int:
-        """Apply retention to every application once; returns how many events went."""
+    async def prune(self, protect_after: int) -> int:
+        """Apply retention to every application once, sparing events after `protect_after`; returns how many went."""
         cutoff = utcnow() - timedelta(days=self.settings.retention_days)
         app_ids = await self.db.run(lambda session: list(session.scalars(select(Application.id))))
         removed = 0
         for app_id in app_ids:
             while True:
-                count = await self.db.run(prune_application, app_id, self.settings.retention_count, cutoff)
+                count = await self.db.run(
+                    prune_application, app_id, self.settings.retention_count, cutoff, protect_after
+                )
                 removed += count
                 await asyncio.sleep(0)  # let messages and requests in between chunks
                 if count < PRUNE_CHUNK:
                     break
         self.pruned += removed
         return removed
-
-    async def _prune_loop(self) -> None:
-        while True:
-            try:
-                removed = await self.prune()
-                if removed:
-                    log.info("event retention removed %d events", removed)
-            except Exception:
-                log.exception("event retention failed; will try again")
-            await asyncio.sleep(self.settings.prune_interval_seconds)

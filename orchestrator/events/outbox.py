@@ -19,8 +19,6 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from worker_sdk.mqtt import MqttError
 
 from ..bus import Bus
@@ -33,6 +31,8 @@ CHECKPOINT_TOPIC = "orchestrator/log-checkpoint"
 CHECKPOINT_INTERVAL_SECONDS = 0.2
 CHECKPOINT_WAIT_SECONDS = 1.0  # how long a retained checkpoint may take to arrive after a connect
 MAX_BATCH = 1000  # events per database write, and per burst of publishes awaiting their acknowledgements
+SEND_HEADROOM = 8  # of the broker's Receive Maximum, left for publishes other than events
+RETRY_SECONDS = 1.0
 STOP_FLUSH_SECONDS = 5.0
 
 
@@ -94,6 +94,7 @@ class Outbox:
             asyncio.create_task(self._write_loop()),
             asyncio.create_task(self._publish_loop()),
             asyncio.create_task(self._checkpoint_loop()),
+            asyncio.create_task(self._retention_loop()),
         ]
 
     async def stop(self) -> None:
@@ -101,7 +102,7 @@ class Outbox:
         deadline = time.monotonic() + STOP_FLUSH_SECONDS
         while (self._pending or (self._to_publish and self.bus.connected)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.bus.connected:
+        if self.bus.connected and not self._replay_needed:  # else the old value might cover what the broker lost
             with contextlib.suppress(MqttError, TimeoutError):
                 async with asyncio.timeout(2):
                     await self._send_checkpoint()
@@ -124,7 +125,7 @@ class Outbox:
         at = utcnow()
         try:
             ids = await self.log.insert(events, at)
-        except (SQLAlchemyError, OSError, DatabaseUnavailable) as err:
+        except Exception as err:  # whatever it is, every sender waiting on this batch must hear of it
             self.failure = f"the event log cannot be written: {describe(err)}"
             log.error("%s; %d events refused (their senders are told)", self.failure, len(batch))
             for _, future in batch:
@@ -165,6 +166,9 @@ class Outbox:
                 # What was not acknowledged is published again from the log after the next connect.
                 log.warning("event publishing paused: %s", err)
                 await asyncio.sleep(0.1)
+            except Exception:  # the database, most likely: try again, from the checkpoint
+                log.exception("event publishing failed; trying again in %.0f s", RETRY_SECONDS)
+                await asyncio.sleep(RETRY_SECONDS)
 
     @property
     def _replay_needed(self) -> bool:
@@ -172,7 +176,8 @@ class Outbox:
 
     async def _publish(self, events: list[LoggedEvent]) -> None:
         """Publish in order and wait for the acknowledgements; MqttError if the connection went meanwhile."""
-        window = max(1, self.bus.send_window - 1)  # one left for the checkpoint
+        # Room left for others' publishes on the connection (the checkpoint, downlinks, the TEST button).
+        window = max(1, min(MAX_BATCH, self.bus.send_window - SEND_HEADROOM))
         for start in range(0, len(events), window):
             chunk = events[start : start + window]
             await self.bus.publish_in_order([(event.topic or "", event.data) for event in chunk])
@@ -183,7 +188,6 @@ class Outbox:
         await self.sessions.ready(connection)
         empty = not await self.log.newest_id()
         start = None if empty else await self._broker_checkpoint(connection)
-        self._replayed_connection = connection
         if start is None:
             start = 0
             if not empty:
@@ -198,8 +202,21 @@ class Outbox:
             cursor, count = page[-1].id, count + len(page)
         while self._to_publish and self._to_publish[0].id <= cursor:
             self._to_publish.popleft()  # just published from the log
+        self._replayed_connection = connection  # only now: a replay cut short starts again
         log.info("broker checkpoint %s: published %d events again that the broker may have lost", start, count)
         self.republished += count
+
+    async def _retention_loop(self) -> None:
+        # Here, not in the log: only the outbox knows which events the broker has not acknowledged yet,
+        # and those stay however old they get (a broker that is down for long).
+        while True:
+            try:
+                removed = await self.log.prune(protect_after=self.published_through)
+                if removed:
+                    log.info("event retention removed %d events", removed)
+            except Exception:
+                log.exception("event retention failed; will try again")
+            await asyncio.sleep(self.log.settings.prune_interval_seconds)
 
     # -- the checkpoint ----------------------------------------------------------------------------
 
@@ -218,16 +235,18 @@ class Outbox:
         deadline = time.monotonic() + CHECKPOINT_WAIT_SECONDS
         while connection not in self._broker_checkpoints and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        value = self._broker_checkpoints.get(connection)
-        self._broker_checkpoints = {connection: value}
-        return value
+        # Forget older connections' values, not this one's or a newer one's (a replay may start again).
+        self._broker_checkpoints = {key: v for key, v in self._broker_checkpoints.items() if key >= connection}
+        return self._broker_checkpoints.get(connection)
 
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS)
             if self.bus.connected and not self._replay_needed and self.published_through != self._checkpoint_sent:
-                with contextlib.suppress(MqttError):
+                try:
                     _ignore_outcome(self._checkpoint_future())
+                except MqttError as err:
+                    log.debug("checkpoint not sent: %s", err)
 
     def _checkpoint_future(self) -> asyncio.Future[None]:
         self._checkpoint_sent = self.published_through

@@ -137,7 +137,10 @@ class Handler:
         await self.emit(app_id, device_id, "up", uplink)
         downlink = None
         if (app_id, device_id) in self._pending:
-            downlink = await self._send_next_downlink(app_id, device_id, uplink["correlation_ids"])
+            try:
+                downlink = await self._send_next_downlink(app_id, device_id, uplink["correlation_ids"])
+            except DatabaseUnavailable as err:  # the uplink is logged: it must not be taken again
+                log.error("no downlink for %s/%s this time (it waits for the next uplink): %s", app_id, device_id, err)
         return uplink, downlink
 
     async def _uplink_error(self, app_id: str, device_id: str, err: Exception, body: Any) -> None:
@@ -236,7 +239,8 @@ class Handler:
         if record is None:
             return None
         delivered = {"id": record.id, **record.body}
-        await self.bus.publish(topics.device_topic(app_id, device_id, "down/deliver"), delivered)
+        # Logged like any event, so a broker that loses it gets it again (the queue no longer has it).
+        await self.emit(app_id, device_id, "down/deliver", delivered)
         body = {**record.body, "correlation_ids": [*record.body.get("correlation_ids", []), *uplink_ids]}
         await self.emit(app_id, device_id, "down/sent", self._lifecycle(app_id, device_id, "sent", body))
         return delivered

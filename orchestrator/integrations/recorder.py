@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -100,6 +101,12 @@ class IntegrationRecorder:
         bus.subscribe(topics.integration_topic("+", "+", "stats"), self._on_stats)
 
     async def _on_event(self, topic: str, payload: bytes) -> None:
+        await _acknowledged(self._record_event, topic, payload)
+
+    async def _on_stats(self, topic: str, payload: bytes) -> None:
+        await _acknowledged(self._record_stats, topic, payload)
+
+    async def _record_event(self, topic: str, payload: bytes) -> None:
         parsed = topics.parse(topic)
         data = _json_object(topic, payload)
         if parsed is None or parsed.integration_id is None or parsed.event is None or data is None:
@@ -123,7 +130,7 @@ class IntegrationRecorder:
             what=topic,
         )
 
-    async def _on_stats(self, topic: str, payload: bytes) -> None:
+    async def _record_stats(self, topic: str, payload: bytes) -> None:
         parsed = topics.parse(topic)
         delta = _json_object(topic, payload)
         if parsed is None or parsed.integration_id is None or delta is None:
@@ -132,6 +139,17 @@ class IntegrationRecorder:
         await retry_until_stored(
             lambda: self.db.run(add_stats, app_id=app_id, integration_id=integration_id, delta=delta), what=topic
         )
+
+
+async def _acknowledged(record: Callable[[str, bytes], Awaitable[None]], topic: str, payload: bytes) -> None:
+    """Record a worker's message; one that cannot be recorded (malformed) is logged and acknowledged all the same.
+
+    Only a database that is down keeps it unacknowledged (retried meanwhile), so it is not lost.
+    """
+    try:
+        await record(topic, payload)
+    except Exception as err:
+        log.warning("could not record %s (%r); dropped", topic, err)
 
 
 def _json_object(topic: str, payload: bytes) -> dict[str, Any] | None:

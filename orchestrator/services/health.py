@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..broker.managed import ManagedBroker
+from ..broker.sessions import WorkerSessions
 from ..bus import Bus
 from ..events.log import EventLog
 from ..events.outbox import Outbox
@@ -26,6 +27,7 @@ class HealthService:
         templates: TemplateRegistry,
         reconciler: Reconciler,
         broker: ManagedBroker | None,
+        sessions: WorkerSessions,
     ) -> None:
         self.bus = bus
         self.outbox = outbox
@@ -34,6 +36,7 @@ class HealthService:
         self.templates = templates
         self.reconciler = reconciler
         self.broker = broker
+        self.sessions = sessions
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         """Whether the orchestrator is healthy, and the details."""
@@ -51,6 +54,7 @@ class HealthService:
                 "republished": self.outbox.republished,
                 "pruned": self.log.pruned,
             },
+            "worker_sessions_restored": self.sessions.restored,
             "runtime": self.runtime.name,
             "templates": len(self.templates.templates),
             "reconciler": {"passes": self.reconciler.passes, "last_pass_seconds": self.reconciler.last_pass_seconds},

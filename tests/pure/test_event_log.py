@@ -78,12 +78,15 @@ async def test_retention_by_count_and_age_records_what_it_removed(log: EventLog)
     await log.insert([event("uplink", n) for n in range(150)], utcnow())  # ids 6-155: 50 too many
     await log.insert([event("uplink", 0, app="other")], old)  # id 156
     assert await log.pruned_through("app") == 0
-    assert await log.prune() == 5 + 50 + 1
+    # Events the broker has not acknowledged yet (after 30 here) stay, however old or many.
+    assert await log.prune(protect_after=30) == 30
+    assert await log.pruned_through("app") == 30 and await log.pruned_through("other") == 0
+    assert await log.prune(protect_after=1000) == 25 + 1
     kept = await log.read("app", EventQuery(limit=1000))
     assert len(kept) == 100 and kept[0].id == 56 and kept[-1].id == 155
     assert await log.pruned_through("app") == 55
     assert await log.pruned_through("other") == 156
-    assert await log.prune() == 0
+    assert await log.prune(protect_after=1000) == 0
 
 
 async def test_a_listener_that_falls_behind_is_told_once_then_gets_new_events() -> None:

@@ -275,7 +275,10 @@ class MqttConnection:
         """
         if isinstance(payload, dict):
             payload = json.dumps(payload, separators=(",", ":"))
-        self._client.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            self._client.publish(topic, payload, qos=qos, retain=retain)
+        except OverflowError as err:  # gmqtt: every packet id the broker's Receive Maximum allows is in use
+            raise MqttError(f"too many messages await the broker's acknowledgement on {topic}: {err}") from err
         mid = self._storage.last_mid if qos else None
         self._storage.last_mid = None
         return mid
@@ -283,7 +286,10 @@ class MqttConnection:
     def _on_connect(self, client: Client, flags: int, rc: int, properties: dict[str, Any]) -> None:
         log.info("connected to MQTT broker %s:%s as %s", self.host, self.port, self.client_id)
         for topic_filter in self._filters:
-            self._subscribe(topic_filter)
+            try:
+                self._subscribe(topic_filter)
+            except OverflowError as err:  # no packet id free: say so, and stay usable
+                log.error("could not subscribe to %s: %s", topic_filter, err)
         self._connected.set()
         self._connections += 1
         hooks = [*self.on_connect, *(self.on_reconnect if self._connections > 1 else [])]
@@ -297,6 +303,10 @@ class MqttConnection:
             log.warning("lost the MQTT broker connection; reconnecting")
         self._connected.clear()
         if not self.resend_after_reconnect:
+            # Nothing is resent, so the packet ids of what was unacknowledged are free again.
+            ids = self._client._package_handler.id_generator  # gmqtt frees them only on acknowledgement
+            for mid, _ in self._storage.get_all():
+                ids.free_id(mid)
             self._storage.abandon(MqttError(f"lost the connection to the MQTT broker {self.host}:{self.port}"))
 
     def _matches(self, topic_filter: str, topic: str) -> bool:
