@@ -46,7 +46,10 @@ def install_problem_handlers(app: FastAPI) -> None:
             log.error("%s %s failed: %s", request.method, request.url.path, err.detail)
         if isinstance(err, AuthenticationError):
             return problem(401, err.title, err.detail)
-        return problem(err.status, err.title, err.detail)
+        response = problem(err.status, err.title, err.detail)
+        if err.status == 503:  # unavailable for now (the database): worth trying again soon
+            response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -69,7 +69,11 @@ def instance_of(orch: RunningOrchestrator) -> str:
 
 def containers(engine: docker.DockerClient, orch: RunningOrchestrator, **labels: str) -> list[Any]:
     filters = [f"{LABEL}.instance={instance_of(orch)}"] + [f"{LABEL}.{k}={v}" for k, v in labels.items()]
-    return list(engine.containers.list(all=True, filters={"label": filters}))
+    while True:
+        try:
+            return list(engine.containers.list(all=True, filters={"label": filters}))
+        except docker.errors.NotFound:
+            continue  # the SDK inspects each container it lists: one was removed in between, list again
 
 
 def remove_all(engine: docker.DockerClient, orch: RunningOrchestrator) -> None:

@@ -209,7 +209,7 @@ def test_a_log_that_cannot_be_written_is_reported_and_loses_nothing(
         assert health["event_log"]["status"] == "failing"
         assert "full" in health["event_log"]["error"]
         refused = orch.call("POST", f"/api/v1/applications/{APP}/devices/dev-1/uplinks", 503, json={"f_port": 1})
-        assert "full" in refused.json()["detail"]
+        assert "full" in refused.json()["detail"] and refused.headers["retry-after"] == "5"
         time.sleep(2)
         assert sink.accepted() == []  # nothing was acknowledged and then dropped: it waits
 
