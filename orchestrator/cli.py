@@ -17,6 +17,13 @@ from .config import Settings
 from .errors import TemplateFileError
 from .templates import load_template
 
+# Settings that were renamed or replaced: said at start, since unknown ORCH_* variables are otherwise ignored.
+RENAMED_SETTINGS = {
+    "ORCH_HANDLER__KEEPALIVE_SECONDS": "use ORCH_EVENTS__KEEPALIVE_SECONDS",
+    "ORCH_HANDLER__EVENT_BUFFER_SIZE": "events are kept in the log: see ORCH_EVENTS__RETENTION_COUNT, "
+    "ORCH_EVENTS__RETENTION_DAYS and ORCH_EVENTS__STREAM_REPLAY_COUNT",
+}
+
 
 @click.group()
 def main() -> None:
@@ -41,6 +48,9 @@ def serve(host: str | None, port: int | None) -> None:
             click.echo(f"configuration error: {field}: {problem['msg']}", err=True)
         sys.exit(2)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for old, instead in RENAMED_SETTINGS.items():
+        if old in os.environ:
+            click.echo(f"warning: {old} is no longer read; {instead}", err=True)
     lock = _lock_data_dir(settings.data_dir)  # held until the process exits
     app = create_app(settings)
     token_file = settings.data_dir / "admin.token"

@@ -220,3 +220,15 @@ def test_a_log_that_cannot_be_written_is_reported_and_loses_nothing(
         device.close()
     finally:
         orch.stop()
+
+
+def test_renamed_settings_are_named_at_start(tmp_path: Path, mosquitto: str) -> None:
+    orch = RunningOrchestrator(
+        tmp_path / "o", ORCH_BROKER__MOSQUITTO_BINARY=mosquitto, ORCH_HANDLER__KEEPALIVE_SECONDS="5"
+    ).start()
+    try:
+        assert (
+            "ORCH_HANDLER__KEEPALIVE_SECONDS is no longer read; use ORCH_EVENTS__KEEPALIVE_SECONDS" in orch.log_tail()
+        )
+    finally:
+        orch.stop()
