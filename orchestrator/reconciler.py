@@ -99,15 +99,14 @@ class Reconciler:
 
     async def _on_worker_status(self, topic: str, payload: bytes) -> None:
         """A replica's retained status (`running`, `stopped`, or `offline` from its will): readiness."""
-        parsed = topics.parse(topic)
-        replica = parsed.suffix.removeprefix("status/") if parsed and parsed.integration_id else ""
-        if parsed is None or parsed.integration_id is None or not replica.isdigit():
+        key = topics.replica_topic(topic, "status")
+        if key is None:
             return
         try:
             running = bool(payload) and json.loads(payload).get("state") == "running"
         except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
             running = False
-        self._connected.setdefault((parsed.app_id, parsed.integration_id), {})[int(replica)] = running
+        self._connected.setdefault(key[:2], {})[key[2]] = running
         self.wake()
 
     def _ready(self, record: Integration) -> bool:

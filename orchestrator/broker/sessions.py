@@ -57,15 +57,8 @@ class WorkerSessions:
         bus.subscribe(topics.integration_topic("+", "+", "status/+"), self._on_status)
         bus.subscribe(UPTIME_TOPIC, self._on_uptime)
 
-    def _replica(self, topic: str, kind: str) -> ReplicaKey | None:
-        parsed = topics.parse(topic)
-        if parsed is None or parsed.integration_id is None or not parsed.suffix.startswith(f"{kind}/"):
-            return None
-        replica = parsed.suffix.removeprefix(f"{kind}/")
-        return (parsed.app_id, parsed.integration_id, int(replica)) if replica.isdigit() else None
-
     async def _on_session(self, topic: str, payload: bytes) -> None:
-        key = self._replica(topic, "session")
+        key = topics.replica_topic(topic, "session")
         if key is None:
             return
         try:
@@ -79,7 +72,7 @@ class WorkerSessions:
             self._filters.pop(key, None)  # cleared: the replica is gone for good
 
     async def _on_status(self, topic: str, payload: bytes) -> None:
-        key = self._replica(topic, "status")
+        key = topics.replica_topic(topic, "status")
         if key is None:
             return
         try:

@@ -81,6 +81,15 @@ class ParsedTopic:
         return None
 
 
+def replica_topic(topic: str, kind: str) -> tuple[str, str, int] | None:
+    """Application, integration and replica of `v3/{app}/integrations/{id}/{kind}/{replica}`, else None."""
+    parsed = parse(topic)
+    if parsed is None or parsed.integration_id is None or not parsed.suffix.startswith(f"{kind}/"):
+        return None
+    replica = parsed.suffix.removeprefix(f"{kind}/")
+    return (parsed.app_id, parsed.integration_id, int(replica)) if replica.isdigit() else None
+
+
 def parse(topic: str) -> ParsedTopic | None:
     """Parse a topic under the v3 prefix; None if it is not one of ours."""
     parts = topic.split("/")
