@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ["ingest", "webhook", "scale_out", "startup", "control_plane", "pubsub", "azure_fleet"]
+SCENARIOS = ["ingest", "accounts", "webhook", "scale_out", "startup", "control_plane", "pubsub", "azure_fleet"]
 
 
 def main() -> None:

@@ -12,13 +12,18 @@ from .config import Settings
 from .wiring import Orchestrator
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the orchestrator's parts and the app that serves them; they start and stop with the app."""
+def create_app(settings: Settings | None = None, *, start_with_app: bool = True) -> FastAPI:
+    """Build the orchestrator's parts and the app that serves them; they stop with the app.
+
+    `start_with_app=False`: the caller starts `app.state.orchestrator` before serving (the CLI does, so a
+    start that fails is one line, not a server's traceback).
+    """
     orchestrator = Orchestrator.build(settings or Settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await orchestrator.start()
+        if start_with_app:
+            await orchestrator.start()
         try:
             yield
         finally:

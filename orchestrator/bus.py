@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from worker_sdk.mqtt import ConnectedHook, MessageHandler, MqttConnection, MqttError
+from worker_sdk.mqtt import ConnectedHook, MessageHandler, MqttConnection, MqttError, MqttLoginRefused
 
+from .errors import BrokerError
 from .events.log import LoggedEvent
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,11 @@ class Listener:
 class Bus:
     """One persistent MQTT session for the whole orchestrator, and listeners of logged events."""
 
-    def __init__(self, url: str, *, username: str | None, password: str | None, receive_maximum: int) -> None:
+    def __init__(
+        self, url: str, *, username: str, password: str, receive_maximum: int, ca_file: str | None = None
+    ) -> None:
         self.url = url
+        self.ca_file = ca_file
         self._login = (username, password)
         # No resend by the client after a reconnect: the event outbox publishes again from the durable log
         # whatever the broker did not acknowledge (a resend would be a second copy).
@@ -66,6 +70,7 @@ class Bus:
             password=password,
             receive_maximum=receive_maximum,
             resend_after_reconnect=False,
+            ca_file=ca_file,
         )
         self._listeners: dict[str | None, set[Listener]] = {}
 
@@ -120,8 +125,17 @@ class Bus:
         return self._mqtt.publish_nowait(*messages[-1])
 
     async def start(self) -> None:
-        """Connect, retrying until the broker answers."""
-        await self._mqtt.connect_with_retry()
+        """Connect, retrying until the broker answers; BrokerError if it refuses the admin login."""
+        try:
+            await self._mqtt.connect_with_retry(refused_is_final=True)
+        except MqttLoginRefused as err:
+            raise BrokerError(f"ORCH_BROKER__USERNAME, ORCH_BROKER__PASSWORD: {err} (wrong admin login)") from err
+
+    def connection_as(self, client_id: str, username: str, password: str, **options: Any) -> MqttConnection:
+        """A separate connection to the same broker under another identity (a worker's, to tend its session)."""
+        return MqttConnection(
+            self.url, client_id, username=username, password=password, ca_file=self.ca_file, **options
+        )
 
     async def stop(self) -> None:
         """Disconnect; the persistent session keeps what arrives meanwhile."""
@@ -136,9 +150,7 @@ class Bus:
         """
 
         async def forget(client_id: str) -> None:
-            connection = MqttConnection(
-                self.url, client_id, username=self._login[0], password=self._login[1], persistent=False
-            )
+            connection = self.connection_as(client_id, *self._login, persistent=False)
             try:
                 await connection.connect(timeout=10)
                 await connection.disconnect()

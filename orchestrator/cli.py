@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
 import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
+import uvicorn
 from pydantic import ValidationError
 
 from .config import Settings
-from .errors import TemplateFileError
+from .errors import OrchestratorError, TemplateFileError
 from .templates import load_template
+
+if TYPE_CHECKING:
+    from .wiring import Orchestrator
 
 # Settings that were renamed or replaced: said at start, since unknown ORCH_* variables are otherwise ignored.
 RENAMED_SETTINGS = {
@@ -35,8 +40,6 @@ def main() -> None:
 @click.option("--port", type=int, help="Listen port (default ORCH_PORT or 8080)")
 def serve(host: str | None, port: int | None) -> None:
     """Run the API, the handler, the broker (managed mode) and the reconciler."""
-    import uvicorn
-
     from .app import create_app
 
     overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
@@ -52,7 +55,7 @@ def serve(host: str | None, port: int | None) -> None:
         if old in os.environ:
             click.echo(f"warning: {old} is no longer read; {instead}", err=True)
     lock = _lock_data_dir(settings.data_dir)  # held until the process exits
-    app = create_app(settings)
+    app = create_app(settings, start_with_app=False)
     token_file = settings.data_dir / "admin.token"
     if settings.admin_token is None:
         click.echo(f"Admin token: in {token_file} (export TOKEN=$(cat {token_file}))")
@@ -66,10 +69,28 @@ def serve(host: str | None, port: int | None) -> None:
         click.echo(f"cannot listen on port {settings.port}: {err.strerror} (set ORCH_PORT)", err=True)
         sys.exit(2)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
     )
-    uvicorn.Server(config).run(sockets=sockets)
+    failure = asyncio.run(_run(app.state.orchestrator, uvicorn.Server(config), sockets))
     lock.close()
+    if failure:
+        click.echo(f"cannot start: {failure}", err=True)
+        sys.exit(2)
+
+
+async def _run(orchestrator: Orchestrator, server: uvicorn.Server, sockets: list[socket.socket]) -> str | None:
+    """Start the orchestrator, then serve until a signal (the app stops it); returns why it could not start."""
+    try:
+        await orchestrator.start()
+    except OrchestratorError as err:
+        await orchestrator.stop()
+        return err.detail
+    await server.serve(sockets=sockets)
+    return None
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:

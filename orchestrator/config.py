@@ -15,17 +15,46 @@ PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "admin", "password", "
 
 
 class BrokerSettings(BaseModel):
-    """The MQTT broker the handler and every worker use."""
+    """The MQTT broker the handler, every worker and every device use; accounts by its dynamic security plugin."""
 
     mode: Literal["managed", "external"] = Field(
         "managed", description="managed: the orchestrator runs Mosquitto itself; external: use `url`"
     )
-    url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL as the orchestrator reaches it")
+    url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="Broker URL as the orchestrator reaches it (managed: its plain listener, on this host)",
+    )
     worker_url: str | None = Field(None, description="Broker URL as workers reach it; default `url`")
-    username: str | None = Field(None, description="Handler's broker user (external mode)")
-    password: SecretStr | None = Field(None, description="Handler's broker password (external mode)")
+    ca_file: Path | None = Field(None, description="CA certificate for an mqtts:// `url` (default: the system's)")
+    username: str = Field("orchestrator", min_length=1, description="The orchestrator's admin account on the broker")
+    password: SecretStr | None = Field(
+        None, description="Its password (secret); managed: generated once into the data directory if unset"
+    )
+    tenant: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9](?:[-]?[a-z0-9]){1,35}$",
+        description="The Things Stack tenant: application login keys also log in as `{app}@{tenant}`",
+    )
+    dynsec_plugin: Path | None = Field(None, description="Managed: mosquitto_dynamic_security.so (default: found)")
+    listen_host: str = Field("0.0.0.0", description="Managed: the address of the TLS and secure WebSockets listeners")
+    tls_port: int = Field(8883, ge=1, le=65535, description="Managed: MQTT over TLS, when a certificate is set")
+    tls_cert_file: Path | None = Field(None, description="Managed: PEM certificate (chain) of the TLS listeners")
+    tls_key_file: Path | None = Field(None, description="Managed: its PEM private key")
+    websockets_port: int = Field(8083, ge=0, le=65535, description="Managed: MQTT over WebSockets on loopback (0: off)")
+    websockets_tls_port: int = Field(
+        8084, ge=0, le=65535, description="Managed: MQTT over secure WebSockets, when a certificate is set (0: off)"
+    )
     mosquitto_binary: str = "mosquitto"
     max_queued_messages: int = Field(1_000_000, description="Per-session queue while a worker is away")
+
+    @model_validator(mode="after")
+    def _check(self) -> BrokerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
+            raise ValueError(f"ORCH_BROKER__{missing.upper()} must be set too: TLS needs a certificate and its key")
+        if self.mode == "external" and self.password is None:
+            raise ValueError("ORCH_BROKER__PASSWORD must be set in external mode: the admin account's password")
+        return self
 
 
 class HandlerSettings(BaseModel):

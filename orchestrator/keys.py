@@ -66,22 +66,22 @@ def expand(scopes: list[str]) -> set[str]:
     return set(SCOPES) if "manage" in scopes else set(scopes)
 
 
-def mqtt_acl(app_id: str, scopes: list[str], integration_id: str | None) -> list[str]:
-    """Mosquitto ACL lines (`topic read|write ...`) for one key."""
+def mqtt_grants(app_id: str, scopes: list[str], integration_id: str | None) -> list[tuple[str, str]]:
+    """What one key may do on the broker: (`read`|`write`|`readwrite`, topic filter) pairs."""
     effective = expand(scopes)
     prefix = f"v3/{app_id}"
-    lines = []
+    grants = []
     if "messages:read" in effective:
-        lines.append(f"topic read {prefix}/#")
+        grants.append(("read", f"{prefix}/#"))
     if "uplinks:write" in effective:
-        lines.append(f"topic write {prefix}/devices/+/up/push")
-        lines.append(f"topic read {prefix}/devices/+/down/deliver")
+        grants.append(("write", f"{prefix}/devices/+/up/push"))
+        grants.append(("read", f"{prefix}/devices/+/down/deliver"))
     if "downlinks:write" in effective:
-        lines.append(f"topic write {prefix}/devices/+/down/push")
-        lines.append(f"topic write {prefix}/devices/+/down/replace")
+        grants.append(("write", f"{prefix}/devices/+/down/push"))
+        grants.append(("write", f"{prefix}/devices/+/down/replace"))
     if integration_id:
         # A worker reports events, stats and status of its own integration only.
-        lines.append(f"topic readwrite {prefix}/integrations/{integration_id}/#")
+        grants.append(("readwrite", f"{prefix}/integrations/{integration_id}/#"))
     elif "manage" in effective:
-        lines.append(f"topic write {prefix}/integrations/#")
-    return lines
+        grants.append(("write", f"{prefix}/integrations/#"))
+    return grants

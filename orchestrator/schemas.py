@@ -48,6 +48,11 @@ class ApplicationPublic(BaseModel):
 class KeyCreate(Strict):
     name: str = Field("", max_length=200)
     scopes: list[Literal[SCOPES]] = Field(min_length=1)  # type: ignore[valid-type]
+    application_login: bool = Field(
+        False,
+        description="Also log in to MQTT as `{application id}` (and `{application id}@{tenant}`), as clients "
+        "written for The Things Stack do; one key per application: a newer one takes the login over",
+    )
 
 
 class KeyPublic(BaseModel):
@@ -57,6 +62,10 @@ class KeyPublic(BaseModel):
     name: str
     scopes: list[str]
     integration_id: str | None
+    application_login: bool = False
+    mqtt_usernames: list[str] = Field(
+        default_factory=list, description="Usernames this key logs in to MQTT with (the key is the password)"
+    )
     created_at: datetime
 
 

@@ -6,8 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from .broker.accounts import BrokerAccounts
-from .broker.managed import ADMIN_USER, ManagedBroker
+from .broker.managed import ManagedBroker
 from .broker.sessions import WorkerSessions
+from .broker.watch import BrokerWatch
 from .bus import Bus
 from .config import Settings
 from .db import Database
@@ -26,6 +27,7 @@ from .services.health import HealthService
 from .services.integrations import IntegrationService
 from .services.keys import KeyService
 from .store import integrations as integration_store
+from .store import keys as key_store
 from .templates import TemplateRegistry
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class Orchestrator:
     db: Database
     bus: Bus
     broker: ManagedBroker | None
+    accounts: BrokerAccounts
     event_log: EventLog
     outbox: Outbox
     handler: Handler
@@ -56,32 +59,28 @@ class Orchestrator:
         templates = TemplateRegistry(settings.templates_dir).load()
         box = SecretBox(settings.persistent_secret("secret.key", settings.secret_key, factory="fernet"))
         admin_token = settings.persistent_secret("admin.token", settings.admin_token)
-        broker_password = settings.persistent_secret("broker.password", None)
-        username: str | None = ADMIN_USER
-        password: str | None = broker_password
-        if settings.broker.mode == "external":
-            secret = settings.broker.password
-            username, password = settings.broker.username, secret.get_secret_value() if secret else None
+        broker_settings = settings.broker
+        admin_password = settings.persistent_secret("broker.password", broker_settings.password)
         bus = Bus(
-            settings.broker.url, username=username, password=password, receive_maximum=settings.handler.receive_maximum
+            broker_settings.url,
+            username=broker_settings.username,
+            password=admin_password,
+            receive_maximum=settings.handler.receive_maximum,
+            ca_file=str(broker_settings.ca_file) if broker_settings.ca_file else None,
         )
         broker = None
-        if settings.broker.mode == "managed":
-            broker = ManagedBroker(
-                settings.data_dir / "mosquitto",
-                settings.broker.url,
-                settings.broker.mosquitto_binary,
-                settings.broker.max_queued_messages,
-                bus,
-            )
+        if broker_settings.mode == "managed":
+            broker = ManagedBroker(broker_settings, settings.data_dir / "mosquitto", admin_password, bus)
+        accounts = BrokerAccounts(db, bus, box, broker_settings.username, broker_settings.tenant)
+        watch = BrokerWatch(bus)
         event_log = EventLog(db, settings.events)
-        sessions = WorkerSessions(db, bus, box, broker)
+        sessions = WorkerSessions(db, bus, box, broker, watch, accounts)
         outbox = Outbox(event_log, bus, sessions)
         handler = Handler(settings.handler, db, bus, outbox)
         recorder = IntegrationRecorder(db, bus, outbox)
         runtime = make_runtime(settings, allowed_images=templates.images)
         reconciler = Reconciler(settings=settings, db=db, bus=bus, runtime=runtime, templates=templates, box=box)
-        keys = KeyService(db, BrokerAccounts(broker, broker_password), admin_token)
+        keys = KeyService(db, accounts, box, admin_token)
         services = Services(
             applications=ApplicationService(db, handler, reconciler, keys),
             keys=keys,
@@ -105,11 +104,27 @@ class Orchestrator:
                 templates=templates,
                 reconciler=reconciler,
                 broker=broker,
+                accounts=accounts,
+                watch=watch,
                 sessions=sessions,
             ),
             templates=templates,
         )
-        return cls(settings, db, bus, broker, event_log, outbox, handler, recorder, runtime, reconciler, box, services)
+        return cls(
+            settings,
+            db,
+            bus,
+            broker,
+            accounts,
+            event_log,
+            outbox,
+            handler,
+            recorder,
+            runtime,
+            reconciler,
+            box,
+            services,
+        )
 
     async def start(self) -> None:
         """Migrate, write broker accounts, start the broker, load the registry, connect, reconcile."""
@@ -121,18 +136,21 @@ class Orchestrator:
         if self.broker is not None:
             if not self.settings.broker.worker_url:
                 self.broker.extra_hosts = self.runtime.extra_listen_addresses()
-            await self.broker.start()
+            records = await self.db.run(key_store.all_keys)
+            await self.broker.start(records, self.settings.broker.tenant)
             self.broker.supervise()
         await self.handler.start()  # the registry is in memory before the first message arrives
         self.outbox.start()
         await self.bus.start()
+        await self.accounts.ready(1)  # workers log in with their keys: their accounts come first
         self.reconciler.start()
         log.info(
-            "orchestrator ready: API on %s, runtime %s, broker %s (%s)",
+            "orchestrator ready: API on %s, runtime %s, broker %s (%s)%s",
             self.settings.api_url,
             self.runtime.name,
             self.settings.broker.url,
             self.settings.broker.mode,
+            f"; devices connect to {', '.join(self.broker.listeners)}" if self.broker else "",
         )
 
     async def stop(self) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.broker import ExternalBroker
 from tests.support.iothub import HUB_HOST, POLICY, HubBroker, RegistryContractDouble, TwinResponder
 from tests.support.orchestrator import RunningOrchestrator
 from tests.support.pubsub import PubSubEmulator, find_launcher
@@ -41,14 +42,25 @@ def sink() -> Iterator[HttpSink]:
     server.close()
 
 
-def _start(tmp: Path, binary: str, **settings: str) -> RunningOrchestrator:
-    return RunningOrchestrator(tmp, ORCH_BROKER__MOSQUITTO_BINARY=binary, **settings).start()
+def _start(tmp: Path, binary: str, device_url: str | None = None, **settings: str) -> RunningOrchestrator:
+    return RunningOrchestrator(tmp, device_url=device_url, ORCH_BROKER__MOSQUITTO_BINARY=binary, **settings).start()
 
 
 @pytest.fixture
 def orchestrator(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: str) -> Iterator[RunningOrchestrator]:
-    """A fresh orchestrator for one test; its logs and worker logs are printed if the test fails."""
-    running = _start(tmp_path / "orchestrator", mosquitto)
+    """A fresh orchestrator for one test; its logs and worker logs are printed if the test fails.
+
+    Parametrized indirectly with "external", it uses a separately started Mosquitto (deploy/mosquitto) over TLS.
+    """
+    broker = None
+    if getattr(request, "param", "managed") == "external":
+        broker = ExternalBroker(tmp_path / "external-broker", mosquitto).start()
+        request.addfinalizer(broker.stop)
+        settings = broker.orchestrator_settings()
+        running = _start(tmp_path / "orchestrator", mosquitto, device_url=broker.plain_url, **settings)
+    else:
+        running = _start(tmp_path / "orchestrator", mosquitto)
+    running.external_broker = broker
     yield running
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:

@@ -1,48 +1,45 @@
-"""The managed Mosquitto: configuration, password and ACL files, start, supervise, save, reload, stop."""
+"""The managed Mosquitto: configuration, listeners, the accounts file at start, supervise, save, stop."""
 
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from worker_sdk import topics
 
 from ..bus import Bus
+from ..config import BrokerSettings
+from ..db.models import ApiKey
 from ..errors import BrokerError
+from . import dynsec
 
 log = logging.getLogger(__name__)
-ADMIN_USER = "orchestrator"
 SUPERVISE_INTERVAL_SECONDS = 1.0
 RESTART_DELAY_MAX_SECONDS = 30.0
 SAVE_DELAY_SECONDS = 0.2  # changes to sessions within this time share one save
-
-
-@dataclass(frozen=True)
-class BrokerUser:
-    """One broker account: user name, Mosquitto password hash, ACL lines."""
-
-    username: str
-    password_hash: str
-    acl: list[str]
+PLUGIN_NAME = "mosquitto_dynamic_security.so"
+PLUGIN_FOLDERS = ("/usr/lib/*", "/usr/lib", "/usr/local/lib", "/usr/lib/*/mosquitto", "/usr/lib/mosquitto")
 
 
 class ManagedBroker:
     """A Mosquitto process the orchestrator configures and supervises (embedded-broker mode)."""
 
-    def __init__(self, directory: Path, url: str, binary: str, max_queued_messages: int, bus: Bus) -> None:
+    def __init__(self, settings: BrokerSettings, directory: Path, admin_password: str, bus: Bus) -> None:
+        self.settings = settings
         self.directory = directory
-        parts = urlsplit(url)
+        self.admin_password = admin_password
+        parts = urlsplit(settings.url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 1883
-        self.binary = binary
-        self.max_queued_messages = max_queued_messages
         self.process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.extra_hosts: list[str] = []  # more addresses to listen on, e.g. Docker's bridge gateway
@@ -60,55 +57,112 @@ class ManagedBroker:
         """Where Mosquitto writes its pid, so a broker left behind by a crash can be adopted."""
         return self.directory / "mosquitto.pid"
 
-    def write_config(self) -> Path:
-        """Write mosquitto.conf: loopback listener, no anonymous access, persistence, big queues."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        conf = self.directory / "mosquitto.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    "# Written by the orchestrator at every start; edits are overwritten.",
-                    "per_listener_settings false",
-                    f"listener {self.port} {self.host}",
-                    *(f"listener {self.port} {host}" for host in self.extra_hosts),
-                    "allow_anonymous false",
-                    f"password_file {self.directory / 'passwords'}",
-                    f"acl_file {self.directory / 'acl'}",
-                    "persistence true",
-                    f"persistence_location {self.directory}/",
-                    "autosave_interval 10",
-                    f"max_queued_messages {self.max_queued_messages}",
-                    "max_inflight_messages 0",
-                    "set_tcp_nodelay true",
-                    f"pid_file {self.pid_file}",
-                    # As root Mosquitto would switch to its own user, which cannot read our 0600 files.
-                    *(["user root"] if os.geteuid() == 0 else []),
-                    f"log_dest file {self.directory / 'mosquitto.log'}",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    "",
-                ]
-            )
+    @property
+    def accounts_file(self) -> Path:
+        """The dynamic security plugin's file: the broker saves it after every change of accounts."""
+        return self.directory / "dynamic-security.json"
+
+    @property
+    def tls(self) -> bool:
+        """True when a certificate and key are set: the TLS listeners are on."""
+        return self.settings.tls_cert_file is not None and self.settings.tls_key_file is not None
+
+    @property
+    def listeners(self) -> list[str]:
+        """Where devices and tools connect, as URLs."""
+        settings = self.settings
+        urls = [f"mqtt://{host}:{self.port}" for host in [self.host, *self.extra_hosts]]
+        if settings.websockets_port:
+            urls.append(f"ws://127.0.0.1:{settings.websockets_port}")
+        if self.tls:
+            urls.append(f"mqtts://{settings.listen_host}:{settings.tls_port}")
+            if settings.websockets_tls_port:
+                urls.append(f"wss://{settings.listen_host}:{settings.websockets_tls_port}")
+        return urls
+
+    def plugin_path(self) -> Path:
+        """The dynamic security plugin: the configured file, or the one Mosquitto's package installed."""
+        configured = self.settings.dynsec_plugin
+        if configured is not None:
+            if not configured.is_file():
+                raise BrokerError(f"ORCH_BROKER__DYNSEC_PLUGIN: {configured} does not exist")
+            return configured
+        for folder in PLUGIN_FOLDERS:
+            for found in sorted(glob.glob(f"{folder}/{PLUGIN_NAME}")):
+                return Path(found)
+        raise BrokerError(
+            f"ORCH_BROKER__DYNSEC_PLUGIN: Mosquitto's {PLUGIN_NAME} was not found (Debian's mosquitto package "
+            "ships it); set the path to it"
         )
-        return conf
 
-    def write_users(self, users: list[BrokerUser]) -> None:
-        """Write the password and ACL files (atomically), then ask a running broker to reload them."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        passwords = "".join(f"{user.username}:{user.password_hash}\n" for user in users)
-        acl = "".join(f"user {user.username}\n" + "".join(line + "\n" for line in user.acl) + "\n" for user in users)
-        for name, text in (("passwords", passwords), ("acl", acl)):
-            temporary = self.directory / f".{name}.tmp"
-            temporary.touch(mode=0o600)
-            temporary.write_text(text)
-            temporary.replace(self.directory / name)
-        self.reload()
+    def check_tls(self) -> None:
+        """BrokerError naming the setting when the certificate or key cannot be read or do not match."""
+        cert, key = self.settings.tls_cert_file, self.settings.tls_key_file
+        if cert is None or key is None:
+            return
+        for setting, path in (("ORCH_BROKER__TLS_CERT_FILE", cert), ("ORCH_BROKER__TLS_KEY_FILE", key)):
+            try:
+                path.read_bytes()
+            except OSError as err:
+                raise BrokerError(f"{setting}: cannot read {path}: {err.strerror}") from err
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except ssl.SSLError as err:
+            raise BrokerError(
+                f"ORCH_BROKER__TLS_CERT_FILE, ORCH_BROKER__TLS_KEY_FILE: {cert} and {key} are not a PEM certificate "
+                f"and its key ({err.reason or err})"
+            ) from err
 
-    def reload(self) -> None:
-        """SIGHUP: Mosquitto re-reads the password and ACL files."""
-        if self.pid and _alive(self.pid):
-            os.kill(self.pid, signal.SIGHUP)
+    def config_text(self, plugin: Path) -> str:
+        """mosquitto.conf: listeners, the accounts plugin, no anonymous access, persistence, big queues."""
+        settings = self.settings
+        tls = [f"certfile {settings.tls_cert_file}", f"keyfile {settings.tls_key_file}"]
+        lines = [
+            "# Written by the orchestrator at every start; edits are overwritten.",
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"plugin {plugin}",
+            f"plugin_opt_config_file {self.accounts_file}",
+            # Plain MQTT stays on loopback (and Docker's bridge, for workers) unless ORCH_BROKER__URL asks.
+            f"listener {self.port} {self.host}",
+            *(f"listener {self.port} {host}" for host in self.extra_hosts),
+        ]
+        if settings.websockets_port:
+            lines += [f"listener {settings.websockets_port} 127.0.0.1", "protocol websockets"]
+        if self.tls:
+            lines += [f"listener {settings.tls_port} {settings.listen_host}", *tls]
+            if settings.websockets_tls_port:
+                lines += [
+                    f"listener {settings.websockets_tls_port} {settings.listen_host}",
+                    "protocol websockets",
+                    *tls,
+                ]
+        lines += [
+            "persistence true",
+            f"persistence_location {self.directory}/",
+            "autosave_interval 10",
+            f"max_queued_messages {settings.max_queued_messages}",
+            "max_inflight_messages 0",
+            "set_tcp_nodelay true",
+            f"pid_file {self.pid_file}",
+            # As root Mosquitto would switch to its own user, which cannot read our 0600 files.
+            *(["user root"] if os.geteuid() == 0 else []),
+            f"log_dest file {self.directory / 'mosquitto.log'}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def write_accounts(self, records: Iterable[ApiKey], tenant: str | None) -> None:
+        """Write the plugin's file: the admin set anew; on a first start also every key (from its hash)."""
+        username = self.settings.username
+        if self.accounts_file.exists():
+            text = dynsec.with_admin(self.accounts_file.read_text(), username, self.admin_password)
+        else:
+            text = dynsec.initial_config(username, self.admin_password, records, tenant)
+        _write_private(self.accounts_file, text)
 
     def save_soon(self) -> None:
         """Ask Mosquitto to save its sessions (SIGUSR1) shortly: called when a worker's session changes.
@@ -132,32 +186,42 @@ class ManagedBroker:
             os.kill(self.pid, signal.SIGUSR1)
             self.saves += 1
 
-    async def start(self) -> None:
-        """Start Mosquitto, or adopt the one a previous run left behind; wait until it accepts connections."""
-        if shutil.which(self.binary) is None:
+    async def start(self, records: Iterable[ApiKey], tenant: str | None) -> None:
+        """Start Mosquitto, or adopt the one a previous run left with the same configuration; wait until ready."""
+        if shutil.which(self.settings.mosquitto_binary) is None:
             raise BrokerError(
-                f"{self.binary} is not installed; run ./scripts/run (it installs Mosquitto) or "
-                "set ORCH_BROKER__MODE=external with ORCH_BROKER__URL"
+                f"ORCH_BROKER__MOSQUITTO_BINARY: {self.settings.mosquitto_binary} is not installed; run ./scripts/run "
+                "(it installs Mosquitto) or set ORCH_BROKER__MODE=external with ORCH_BROKER__URL"
             )
-        self.write_config()
+        self.check_tls()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "mosquitto.conf"
+        text = self.config_text(self.plugin_path())
+        unchanged = conf.exists() and conf.read_text() == text
         previous = _read_pid(self.pid_file)
         if previous and _alive(previous) and _is_mosquitto(previous):
-            log.info("adopting the Mosquitto broker left running (pid %d)", previous)
-            self.pid = previous
-            self.reload()
-        else:
-            if await self._listening():
+            if unchanged:
+                log.info("adopting the Mosquitto broker left running (pid %d)", previous)
+                self.pid = previous
+                await self._wait_ready()
+                return
+            log.info("stopping the Mosquitto broker left running (pid %d): its configuration changed", previous)
+            await _terminate(previous)
+        conf.write_text(text)
+        self.write_accounts(records, tenant)
+        for setting, host, port in self._ports():
+            if await _listening(host, port):
                 raise BrokerError(
-                    f"port {self.port} on {self.host} is already in use (a system Mosquitto? stop it, or set "
-                    f"ORCH_BROKER__URL=mqtt://{self.host}:<free port>, or use it with ORCH_BROKER__MODE=external)"
+                    f"{setting}: port {port} on {host} is already in use (another Mosquitto or orchestrator?); choose "
+                    f"a free port, or use that broker with ORCH_BROKER__MODE=external"
                 )
-            self._spawn()
+        self._spawn()
         await self._wait_ready()
 
     def _spawn(self) -> None:
         log_file = (self.directory / "mosquitto.stderr").open("ab")
         self.process = subprocess.Popen(
-            [self.binary, "-c", str(self.directory / "mosquitto.conf")],
+            [self.settings.mosquitto_binary, "-c", str(self.directory / "mosquitto.conf")],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -196,20 +260,25 @@ class ManagedBroker:
             self.restarts += 1
             delay = 1.0
 
-    async def _listening(self) -> bool:
-        try:
-            _, writer = await asyncio.open_connection(self.host, self.port)
-        except OSError:
-            return False
-        writer.close()
-        return True
+    def _ports(self) -> list[tuple[str, str, int]]:
+        """Every listener as (the setting that chose its port, host, port)."""
+        settings = self.settings
+        host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "::") else settings.listen_host
+        ports = [("ORCH_BROKER__URL", self.host, self.port)]
+        if settings.websockets_port:
+            ports.append(("ORCH_BROKER__WEBSOCKETS_PORT", "127.0.0.1", settings.websockets_port))
+        if self.tls:
+            ports.append(("ORCH_BROKER__TLS_PORT", host, settings.tls_port))
+            if settings.websockets_tls_port:
+                ports.append(("ORCH_BROKER__WEBSOCKETS_TLS_PORT", host, settings.websockets_tls_port))
+        return ports
 
     async def _wait_ready(self, timeout: float = 15.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise BrokerError(f"Mosquitto exited at start-up: {self._log_tail()}")
-            if await self._listening():
+            if await _listening(self.host, self.port):
                 return
             await asyncio.sleep(0.1)
         raise BrokerError(f"Mosquitto did not listen on {self.host}:{self.port} within {timeout:.0f} s")
@@ -231,15 +300,14 @@ class ManagedBroker:
             self._save.cancel()
         if not self.pid or not _alive(self.pid):
             return
-        os.kill(self.pid, signal.SIGTERM)
-        for _ in range(100):
-            if self.process is not None and self.process.poll() is not None:
-                break
-            if self.process is None and not _alive(self.pid):
-                break
-            await asyncio.sleep(0.05)
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                await asyncio.to_thread(self.process.wait, 5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
         else:
-            os.kill(self.pid, signal.SIGKILL)
+            await _terminate(self.pid)
         log.info("stopped Mosquitto")
 
 
@@ -268,3 +336,31 @@ def _is_mosquitto(pid: int) -> bool:
         return "mosquitto" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+async def _terminate(pid: int) -> None:
+    """SIGTERM (Mosquitto saves its sessions), SIGKILL after 5 s."""
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not _alive(pid):
+            return
+        await asyncio.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, atomically."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.touch(mode=0o600)
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+async def _listening(host: str, port: int) -> bool:
+    """True when something accepts connections on host:port."""
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    return True

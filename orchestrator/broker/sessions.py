@@ -17,45 +17,52 @@ import asyncio
 import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker_sdk import topics
-from worker_sdk.mqtt import MqttConnection, MqttError
+from worker_sdk.mqtt import MqttError
 
 from ..bus import Bus
 from ..db import Database
 from ..db.models import ApiKey, Integration
-from ..errors import OrchestratorError
+from ..errors import BrokerError, OrchestratorError
 from ..secretbox import SecretBox
+from .accounts import BrokerAccounts
 from .managed import ManagedBroker
+from .watch import UPTIME_SLACK, BrokerWatch
 
 log = logging.getLogger(__name__)
 ReplicaKey = tuple[str, str, int]  # application, integration, replica
 RETURN_GRACE_SECONDS = 3.0  # how long running workers get to reconnect and subscribe by themselves
-UPTIME_TOPIC = "$SYS/broker/uptime"  # Mosquitto's, every 10 s: "<seconds> seconds"
-UPTIME_SLACK = timedelta(seconds=15)  # the uptime is up to 10 s old; a later status is surely from after the start
 
 
 class WorkerSessions:
     """Knows every replica's subscription filters and makes them again where the broker lost them."""
 
-    def __init__(self, db: Database, bus: Bus, box: SecretBox, broker: ManagedBroker | None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        bus: Bus,
+        box: SecretBox,
+        broker: ManagedBroker | None,
+        watch: BrokerWatch,
+        accounts: BrokerAccounts,
+    ) -> None:
         self.db = db
         self.bus = bus
         self.box = box
         self.broker = broker
+        self.watch = watch
+        self.accounts = accounts
         self.restored = 0  # replica sessions whose subscriptions were made again
         self._filters: dict[ReplicaKey, list[str]] = {}  # what each replica subscribes
         self._running_since: dict[ReplicaKey, datetime] = {}  # when a replica last said it runs (connected)
-        self._broker_started: datetime | None = None
-        self._uptime_seen_in = 0  # the bus connection during which the broker's uptime last came
         self._ready_for = 0  # the bus connection after which the sessions are known to be complete
         bus.subscribe(topics.integration_topic("+", "+", "session/+"), self._on_session)
         bus.subscribe(topics.integration_topic("+", "+", "status/+"), self._on_status)
-        bus.subscribe(UPTIME_TOPIC, self._on_uptime)
 
     async def _on_session(self, topic: str, payload: bytes) -> None:
         key = topics.replica_topic(topic, "session")
@@ -85,20 +92,13 @@ class WorkerSessions:
         else:
             self._running_since.pop(key, None)  # stopped, offline (its will), or cleared
 
-    async def _on_uptime(self, topic: str, payload: bytes) -> None:
-        try:
-            seconds = int(payload.split()[0])
-        except (ValueError, IndexError):
-            return
-        self._broker_started = datetime.now(UTC) - timedelta(seconds=seconds)
-        self._uptime_seen_in = self.bus.connections
-
     def _connected(self, key: ReplicaKey) -> bool:
         """Whether the replica is connected now: it said `running`, and said so since the broker started."""
         since = self._running_since.get(key)
         if since is None:
             return False
-        return self._broker_started is None or since >= self._broker_started - UPTIME_SLACK
+        started = self.watch.started_at
+        return started is None or since >= started - UPTIME_SLACK
 
     async def ready(self, connection: int) -> None:
         """Return once the sessions are complete for this bus connection (restoring them if needed)."""
@@ -111,8 +111,13 @@ class WorkerSessions:
         # Retained messages come in subscription order, the uptime last: once it is here, so are the
         # sessions and statuses the broker kept (a broker without $SYS topics gets a second, then goes on).
         deadline = time.monotonic() + 1.0
-        while self._uptime_seen_in < connection and time.monotonic() < deadline:
+        while self.watch.seen_in < connection and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        # The replicas' accounts must exist before we log in as them (a broker that lost them gets them back).
+        try:
+            await self.accounts.ready(connection)
+        except (BrokerError, TimeoutError) as err:
+            log.warning("worker sessions restored without synced broker accounts: %s", err)
         records = await self.db.run(_integrations_with_keys)
         enabled = {(r.application_id, r.id) for r, _ in records if r.enabled}
         keys = {(r.application_id, r.id): key for r, key in records}
@@ -139,11 +144,10 @@ class WorkerSessions:
             return False
         # The replica's own client id and key: the broker hands us its session, and we leave it as we found
         # it but for the subscriptions (messages it sends meanwhile are not acknowledged, so they stay queued).
-        connection = MqttConnection(
-            self.bus.url,
+        connection = self.bus.connection_as(
             topics.worker_client_id(app_id, integration_id, replica),
-            username=".".join(secret.split(".")[:2]),
-            password=secret,
+            ".".join(secret.split(".")[:2]),
+            secret,
             receive_maximum=1,
             acknowledge=False,
         )

@@ -43,7 +43,7 @@ class Application(Base):
 
 
 class ApiKey(Base):
-    """An application key: `ik.<id>.<secret>`; only hashes are kept."""
+    """An application key: `ik.<id>.<secret>`; hashes, and a copy sealed with the secret key for the broker."""
 
     __tablename__ = "api_keys"
 
@@ -53,6 +53,8 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     secret_hash: Mapped[str] = mapped_column(String(128))
     mqtt_password_hash: Mapped[str] = mapped_column(String(256))
+    key_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)  # None: made before broker accounts
+    application_login: Mapped[bool] = mapped_column(Boolean, default=False)  # the MQTT login `{application id}`
     integration_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 

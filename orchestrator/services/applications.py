@@ -47,4 +47,4 @@ class ApplicationService:
         self.handler.application_removed(app_id)
         for record in integrations:
             await self.reconciler.remove(record)
-        await self.keys.refresh()
+        await self.keys.changed()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..broker.accounts import BrokerAccounts
 from ..broker.managed import ManagedBroker
 from ..broker.sessions import WorkerSessions
+from ..broker.watch import BrokerWatch
 from ..bus import Bus
 from ..events.log import EventLog
 from ..events.outbox import Outbox
@@ -27,6 +29,8 @@ class HealthService:
         templates: TemplateRegistry,
         reconciler: Reconciler,
         broker: ManagedBroker | None,
+        accounts: BrokerAccounts,
+        watch: BrokerWatch,
         sessions: WorkerSessions,
     ) -> None:
         self.bus = bus
@@ -36,6 +40,8 @@ class HealthService:
         self.templates = templates
         self.reconciler = reconciler
         self.broker = broker
+        self.accounts = accounts
+        self.watch = watch
         self.sessions = sessions
 
     def report(self) -> tuple[bool, dict[str, Any]]:
@@ -54,6 +60,7 @@ class HealthService:
                 "republished": self.outbox.republished,
                 "pruned": self.log.pruned,
             },
+            "broker_details": self._broker_details(),
             "worker_sessions_restored": self.sessions.restored,
             "runtime": self.runtime.name,
             "templates": len(self.templates.templates),
@@ -64,5 +71,23 @@ class HealthService:
                 "running": self.broker.running(),
                 "restarts": self.broker.restarts,
                 "saves": self.broker.saves,
+                "listeners": self.broker.listeners,
             }
         return healthy, body
+
+    def _broker_details(self) -> dict[str, Any]:
+        """The broker seen from here: where, since when, restarts seen, and the last sync of its accounts."""
+        report = self.accounts.report
+        return {
+            "mode": "managed" if self.broker is not None else "external",
+            "url": self.bus.url,
+            **self.watch.report(),
+            "accounts": {
+                "synced_at": report.at.isoformat() if report.at else None,
+                "sync_seconds": report.seconds,
+                "clients": report.clients,
+                "changes": report.changes,
+                "errors": report.errors,
+                "failure": self.accounts.failure,
+            },
+        }

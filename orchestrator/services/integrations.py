@@ -128,7 +128,7 @@ class IntegrationService:
         record = await self.db.run(
             store.create_integration, templates=self.templates, box=self.box, app_id=app_id, data=data
         )
-        await self.keys.refresh()
+        await self.keys.changed()
         await self.reconciler.reconcile_one(app_id, record.id)
         return await self.get(app_id, record.id)
 
@@ -149,7 +149,7 @@ class IntegrationService:
         """Delete: the worker is stopped and removed, its key revoked, before this returns."""
         record = await self.db.run(store.delete_integration, app_id=app_id, integration_id=integration_id)
         await self.reconciler.remove(record)
-        await self.keys.refresh()
+        await self.keys.changed()
 
     async def set_enabled(self, app_id: str, integration_id: str, enabled: bool) -> IntegrationPublic:
         """Enable (start again; what arrived meanwhile is delivered) or disable (pause, configuration kept)."""

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from dataclasses import dataclass
 
 from .. import keys as key_rules
+from ..broker import dynsec
 from ..broker.accounts import BrokerAccounts
 from ..db import Database
 from ..db.models import ApiKey
-from ..errors import AuthenticationError, PermissionDenied
+from ..errors import AuthenticationError, BrokerError, PermissionDenied
 from ..schemas import KeyCreate, KeyCreated, KeyPublic
+from ..secretbox import SecretBox
 from ..store import keys as store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,15 @@ class CachedKey:
 class KeyService:
     """Application keys, the in-memory key cache, and the broker accounts that follow them."""
 
-    def __init__(self, db: Database, accounts: BrokerAccounts, admin_token: str) -> None:
+    def __init__(self, db: Database, accounts: BrokerAccounts, box: SecretBox, admin_token: str) -> None:
         self.db = db
         self.accounts = accounts
+        self.box = box
         self.admin_token = admin_token
         self._cache: dict[str, CachedKey] = {}
 
     async def refresh(self) -> None:
-        """Reload every key into the cache and into the broker's accounts (after any key changed)."""
+        """Reload every key into the cache (at start, and after any key changed)."""
         records = await self.db.run(store.all_keys)
         self._cache = {
             record.id: CachedKey(
@@ -66,7 +72,22 @@ class KeyService:
             )
             for record in records
         }
-        self.accounts.sync(records)
+
+    async def changed(self) -> None:
+        """A key was made or revoked: the API at once, the broker now if it is connected (else when it is)."""
+        await self.refresh()
+        if not self.accounts.bus.connected:
+            return
+        try:
+            await self.accounts.sync()
+        except BrokerError as err:  # the key stands; the next sync (every reconnect) makes the account
+            log.error("could not update the broker's accounts: %s", err.detail)
+
+    def public(self, record: ApiKey) -> KeyPublic:
+        """A key as the API shows it, with the MQTT usernames it logs in with."""
+        shown = KeyPublic.model_validate(record)
+        shown.mqtt_usernames = dynsec.usernames(record, self.accounts.tenant)
+        return shown
 
     def authenticate(self, token: str | None) -> Principal:
         """The caller behind a bearer token: the admin token, or a key checked against its hash."""
@@ -82,15 +103,22 @@ class KeyService:
 
     async def create(self, app_id: str, data: KeyCreate) -> KeyCreated:
         """Create a key; the answer is the only place the key itself appears."""
-        record, key = await self.db.run(store.create_key, app_id=app_id, name=data.name, scopes=list(data.scopes))
-        await self.refresh()
-        return KeyCreated(**KeyPublic.model_validate(record).model_dump(), key=key)
+        record, key = await self.db.run(
+            store.create_key,
+            box=self.box,
+            app_id=app_id,
+            name=data.name,
+            scopes=list(data.scopes),
+            application_login=data.application_login,
+        )
+        await self.changed()
+        return KeyCreated(**self.public(record).model_dump(), key=key)
 
-    async def list(self, app_id: str) -> list[ApiKey]:
-        """Keys of an application (never the keys themselves, which are not kept)."""
-        return await self.db.run(store.list_keys, app_id=app_id)
+    async def list(self, app_id: str) -> list[KeyPublic]:
+        """Keys of an application (never the keys themselves)."""
+        return [self.public(record) for record in await self.db.run(store.list_keys, app_id=app_id)]
 
     async def delete(self, app_id: str, key_id: str) -> None:
         """Revoke a key (the API at once; the broker for new connections and every publish or subscribe)."""
         await self.db.run(store.delete_key, app_id=app_id, key_id=key_id)
-        await self.refresh()
+        await self.changed()

@@ -68,6 +68,7 @@ def create_integration(
         raise ConflictError(f"integration {integration_id!r} exists already in {app_id}")
     key_record, key = create_key(
         session,
+        box=box,
         app_id=app_id,
         name=f"integration {integration_id}",
         scopes=INTEGRATION_SCOPES,
@@ -145,6 +146,9 @@ def reseal_secrets(session: Session, box: SecretBox) -> int:
     for record in records:
         record.secrets_encrypted = box.reseal(record.secrets_encrypted)
         record.key_encrypted = box.reseal(record.key_encrypted)
+    for key in session.scalars(select(ApiKey)):
+        if key.key_sealed is not None:
+            key.key_sealed = box.reseal(key.key_sealed)
     return len(records)
 
 

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from .. import keys
 from ..db.models import ApiKey
 from ..errors import ConflictError, NotFoundError
+from ..secretbox import SecretBox
 from .applications import get_application
 
 
 def create_key(
-    session: Session, *, app_id: str, name: str, scopes: list[str], integration_id: str | None = None
+    session: Session,
+    *,
+    box: SecretBox,
+    app_id: str,
+    name: str,
+    scopes: list[str],
+    integration_id: str | None = None,
+    application_login: bool = False,
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns the record and the key itself (shown once)."""
+    """Create a key; returns the record and the key itself (shown once).
+
+    `application_login`: the key becomes the application's MQTT login (`{app}`), taking it from another key.
+    """
     get_application(session, app_id)
+    if application_login:
+        session.execute(update(ApiKey).where(ApiKey.application_id == app_id).values(application_login=False))
     new = keys.generate()
     record = ApiKey(
         id=new.key_id,
@@ -24,6 +37,8 @@ def create_key(
         scopes=sorted(set(scopes)),
         secret_hash=keys.secret_hash(new.key),
         mqtt_password_hash=keys.mosquitto_hash(new.key),
+        key_sealed=box.seal(new.key),
+        application_login=application_login,
         integration_id=integration_id,
     )
     session.add(record)

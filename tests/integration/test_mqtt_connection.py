@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.broker import ExternalBroker
 from tests.support.orchestrator import free_port
 from worker_sdk.mqtt import MqttConnection, MqttError
 
@@ -61,3 +62,28 @@ async def test_a_lost_connection_frees_its_packet_ids(broker: PlainBroker) -> No
     for _ in range(3):  # a full window's worth, several times over
         await asyncio.wait_for(asyncio.gather(*(connection.publish("t/x", b"after") for _ in range(19))), 10)
     await connection.disconnect()
+
+
+def dynsec(broker: ExternalBroker, *command: str) -> None:
+    login = ["-h", "127.0.0.1", "-p", str(broker.plain_port), "-u", "orchestrator", "-P", broker.password]
+    subprocess.run(["mosquitto_ctrl", *login, "dynsec", *command], check=True, capture_output=True, timeout=20)
+
+
+async def test_a_connection_refused_for_a_while_comes_back_once_its_account_does(
+    mosquitto: str, tmp_path: Path
+) -> None:
+    # A broker that lost its accounts refuses a worker until the orchestrator has made them again: the
+    # worker must keep trying (gmqtt on its own gives up after a "not authorized").
+    broker = ExternalBroker(tmp_path / "broker", mosquitto).start()
+    try:
+        dynsec(broker, "createClient", "worker", "-p", "pw")
+        connection = MqttConnection(broker.plain_url, "worker-1", username="worker", password="pw")
+        await connection.connect_with_retry()
+        dynsec(broker, "deleteClient", "worker")  # closes its connection; reconnecting is refused
+        await asyncio.sleep(3)
+        assert not connection.is_connected
+        dynsec(broker, "createClient", "worker", "-p", "pw")
+        await asyncio.wait_for(connection.wait_connected(), 15)
+        await connection.disconnect()
+    finally:
+        broker.stop()

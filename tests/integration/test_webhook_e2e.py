@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.mqtt import MqttProbe
 from tests.support.orchestrator import RunningOrchestrator, pid_alive
 from tests.support.sink import HttpSink, Received, ok_json
@@ -18,6 +20,8 @@ from tests.support.tls import make_certificates
 from tests.support.waiting import wait_for
 
 APP = "demo-app"
+# Every test here runs against the managed broker and against an external one (deploy/mosquitto, over TLS).
+pytestmark = pytest.mark.parametrize("orchestrator", ["managed", "external"], indirect=True)
 
 
 def setup_app(orch: RunningOrchestrator, *devices: str) -> None:

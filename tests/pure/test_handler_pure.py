@@ -49,14 +49,14 @@ def test_mosquitto_hash_is_pbkdf2_sha512_in_mosquittos_format() -> None:
     assert base64.b64decode(digest) == expected
 
 
-def test_acl_follows_scopes() -> None:
-    acl = keys.mqtt_acl("app", keys.INTEGRATION_SCOPES, "hook")
-    assert "topic read v3/app/#" in acl
-    assert "topic write v3/app/devices/+/down/push" in acl
-    assert "topic readwrite v3/app/integrations/hook/#" in acl
-    assert not any("up/push" in line for line in acl)
-    device = keys.mqtt_acl("app", ["uplinks:write"], None)
-    assert device == ["topic write v3/app/devices/+/up/push", "topic read v3/app/devices/+/down/deliver"]
+def test_broker_grants_follow_scopes() -> None:
+    grants = keys.mqtt_grants("app", keys.INTEGRATION_SCOPES, "hook")
+    assert ("read", "v3/app/#") in grants
+    assert ("write", "v3/app/devices/+/down/push") in grants
+    assert ("readwrite", "v3/app/integrations/hook/#") in grants
+    assert not any("up/push" in topic for _, topic in grants)
+    device = keys.mqtt_grants("app", ["uplinks:write"], None)
+    assert device == [("write", "v3/app/devices/+/up/push"), ("read", "v3/app/devices/+/down/deliver")]
 
 
 def test_uplink_is_normalized_with_ids_and_time() -> None:

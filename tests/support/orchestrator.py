@@ -8,11 +8,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from .waiting import wait_for
+
+if TYPE_CHECKING:
+    from .broker import ExternalBroker
 
 
 def free_port() -> int:
@@ -25,15 +28,20 @@ def free_port() -> int:
 class RunningOrchestrator:
     """One orchestrator process with its own data directory, API port and managed Mosquitto."""
 
-    def __init__(self, data_dir: Path, **settings: str) -> None:
+    def __init__(self, data_dir: Path, *, device_url: str | None = None, **settings: str) -> None:
+        """`device_url`: where devices connect when the broker is not the managed one."""
         self.data_dir = data_dir
         self.port = free_port()
         self.broker_port = free_port()
+        self.websockets_port = free_port()
+        self.device_url = device_url
+        self.external_broker: ExternalBroker | None = None
         self.env = {
             **os.environ,
             "ORCH_DATA_DIR": str(data_dir),
             "ORCH_PORT": str(self.port),
-            "ORCH_BROKER__URL": self.mqtt_url,
+            "ORCH_BROKER__URL": f"mqtt://127.0.0.1:{self.broker_port}",
+            "ORCH_BROKER__WEBSOCKETS_PORT": str(self.websockets_port),
             "ORCH_RUNTIME__KIND": "process",
             "ORCH_RUNTIME__RECONCILE_INTERVAL_SECONDS": "1",
             "ORCH_RUNTIME__RESTART_BACKOFF_INITIAL_SECONDS": "0.5",
@@ -46,7 +54,8 @@ class RunningOrchestrator:
 
     @property
     def mqtt_url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.broker_port}"
+        """Where devices and tools connect."""
+        return self.device_url or f"mqtt://127.0.0.1:{self.broker_port}"
 
     @property
     def url(self) -> str:

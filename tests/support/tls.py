@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for localhost and 127.0.0.1; returns (ca, cert, key) paths."""
+    directory.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from gmqtt import Client, Message
 from gmqtt.mqtt.constants import MQTTv50, PubAckReasonCode
+from gmqtt.mqtt.handler import MQTTConnectError
 from gmqtt.storage import PersistentStorage
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,13 @@ MATCH_CACHE_SIZE = 10_000
 
 class MqttError(Exception):
     """The broker could not be reached, refused us, or did not acknowledge in time."""
+
+
+class MqttLoginRefused(MqttError):
+    """The broker refused the username and password (CONNACK 4 or 5; 134 or 135 in MQTT 5)."""
+
+
+LOGIN_REFUSED_CODES = {4, 5, 134, 135}
 
 
 class _AckTrackingStorage(PersistentStorage):
@@ -121,6 +129,7 @@ class MqttConnection:
         self._connections = 0
         self._closing = False
         self._hook_tasks: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Future[None] | None = None
         self._storage = _AckTrackingStorage()
         self._connected = asyncio.Event()
         self._ssl_context: ssl.SSLContext | bool = False
@@ -202,17 +211,26 @@ class MqttConnection:
             )
         except (OSError, TimeoutError) as err:
             raise MqttError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {err}") from err
+        except MQTTConnectError as err:
+            kind = MqttLoginRefused if getattr(err, "_code", None) in LOGIN_REFUSED_CODES else MqttError
+            raise kind(f"the MQTT broker at {self.host}:{self.port} refused us: {err}") from err
         except Exception as err:  # gmqtt raises its own connect errors (bad credentials, refused)
             raise MqttError(f"the MQTT broker at {self.host}:{self.port} refused us: {err}") from err
         await asyncio.wait_for(self._connected.wait(), timeout)
 
-    async def connect_with_retry(self, stop: asyncio.Event | None = None, max_delay: float = 30.0) -> None:
-        """Connect, retrying with back-off until it works (or `stop` is set)."""
+    async def connect_with_retry(
+        self, stop: asyncio.Event | None = None, max_delay: float = 30.0, *, refused_is_final: bool = False
+    ) -> None:
+        """Connect, retrying with back-off until it works (or `stop` is set; or the login is refused, if final)."""
         delay = 0.5
         while True:
             try:
                 await self.connect()
                 return
+            except MqttLoginRefused:
+                if refused_is_final:
+                    raise
+                log.warning("the MQTT broker refused our login; retrying in %.0f s", delay)
             except MqttError as err:
                 log.warning("%s; retrying in %.0f s", err, delay)
             if stop is not None and stop.is_set():
@@ -301,6 +319,8 @@ class MqttConnection:
     def _on_disconnect(self, client: Client, packet: Any, exc: Exception | None = None) -> None:
         if self._connected.is_set() and not self._closing:
             log.warning("lost the MQTT broker connection; reconnecting")
+            if self._watchdog is None or self._watchdog.done():
+                self._watchdog = asyncio.ensure_future(self._reconnect_after_refusals())
         self._connected.clear()
         if not self.resend_after_reconnect:
             # Nothing is resent, so the packet ids of what was unacknowledged are free again.
@@ -308,6 +328,22 @@ class MqttConnection:
             for mid, _ in self._storage.get_all():
                 ids.free_id(mid)
             self._storage.abandon(MqttError(f"lost the connection to the MQTT broker {self.host}:{self.port}"))
+
+    async def _reconnect_after_refusals(self) -> None:
+        """Keep reconnecting while the broker refuses our login: gmqtt gives up after a refusal it deems final,
+        but here it is often passing (a broker that lost its accounts until the orchestrator makes them again)."""
+        delay = 1.0
+        while not self._closing and not self._connected.is_set():
+            await asyncio.sleep(delay)
+            if self._closing or self._connected.is_set():
+                return
+            if not self._client._package_handler._permanent_failure:  # gmqtt is still trying by itself
+                continue
+            try:
+                await self.connect()
+            except MqttError as err:
+                log.warning("%s; retrying in %.0f s", err, delay)
+                delay = min(delay * 2, 30.0)
 
     def _matches(self, topic_filter: str, topic: str) -> bool:
         """topic_matches, remembered: checked for every message, and most come from a few topics."""
