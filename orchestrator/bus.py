@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from worker_sdk.mqtt import ConnectedHook, MessageHandler, MqttConnection, MqttError, MqttLoginRefused
+from worker_sdk.mqtt import (
+    ConnectedHook,
+    MessageHandler,
+    MqttConnection,
+    MqttError,
+    MqttLoginRefused,
+    MqttTlsRefused,
+)
 
 from .errors import BrokerError
 from .events.log import LoggedEvent
@@ -128,6 +135,8 @@ class Bus:
         """Connect, retrying until the broker answers; BrokerError if it refuses the admin login."""
         try:
             await self._mqtt.connect_with_retry(refused_is_final=True)
+        except MqttTlsRefused as err:
+            raise BrokerError(f"ORCH_BROKER__URL, ORCH_BROKER__CA_FILE: {err}") from err
         except MqttLoginRefused as err:
             raise BrokerError(f"ORCH_BROKER__USERNAME, ORCH_BROKER__PASSWORD: {err} (wrong admin login)") from err
 

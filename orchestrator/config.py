@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ class BrokerSettings(BaseModel):
         description="Broker URL as the orchestrator reaches it (managed: its plain listener, on this host)",
     )
     worker_url: str | None = Field(None, description="Broker URL as workers reach it; default `url`")
-    ca_file: Path | None = Field(None, description="CA certificate for an mqtts:// `url` (default: the system's)")
+    ca_file: FilePath | None = Field(None, description="CA certificate for an mqtts:// `url` (default: the system's)")
     username: str = Field("orchestrator", min_length=1, description="The orchestrator's admin account on the broker")
     password: SecretStr | None = Field(
         None, description="Its password (secret); managed: generated once into the data directory if unset"
@@ -52,6 +52,11 @@ class BrokerSettings(BaseModel):
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
             raise ValueError(f"ORCH_BROKER__{missing.upper()} must be set too: TLS needs a certificate and its key")
+        if self.mode == "managed" and not self.url.startswith("mqtt://"):
+            raise ValueError(
+                "ORCH_BROKER__URL must be mqtt://host:port in managed mode: it is the managed broker's plain "
+                "listener (TLS comes with ORCH_BROKER__TLS_CERT_FILE)"
+            )
         if self.mode == "external" and self.password is None:
             raise ValueError("ORCH_BROKER__PASSWORD must be set in external mode: the admin account's password")
         return self

@@ -141,6 +141,7 @@ class Orchestrator:
             self.broker.supervise()
         await self.handler.start()  # the registry is in memory before the first message arrives
         self.outbox.start()
+        self.accounts.start()
         await self.bus.start()
         await self.accounts.ready(1)  # workers log in with their keys: their accounts come first
         self.reconciler.start()
@@ -158,6 +159,7 @@ class Orchestrator:
         await self.reconciler.stop()
         await self.runtime.close()
         await self.outbox.stop()
+        await self.accounts.stop()
         await self.handler.stop()
         await self.bus.stop()
         if self.broker is not None:

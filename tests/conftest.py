@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from tests.support.broker import ExternalBroker
 from tests.support.iothub import HUB_HOST, POLICY, HubBroker, RegistryContractDouble, TwinResponder
-from tests.support.orchestrator import RunningOrchestrator
+from tests.support.orchestrator import POSTGRES_ENV, RunningOrchestrator, drop_databases
 from tests.support.pubsub import PubSubEmulator, find_launcher
 from tests.support.sink import HttpSink
 from tests.support.tls import make_certificates
@@ -33,6 +34,28 @@ def mosquitto() -> str:
     if binary is None:
         pytest.fail("Mosquitto is not installed; run ./scripts/test, which installs it")
     return binary
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """A PostgreSQL server on loopback (scripts/start-postgres installs and starts it). Missing is a failure."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "start-postgres"
+    result = subprocess.run([str(script)], capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        pytest.fail(f"PostgreSQL could not be started: {result.stderr[-2000:]}")
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def both_databases(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Runs a test once on SQLite and once on PostgreSQL (each orchestrator it starts gets a new database)."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    server = request.getfixturevalue("postgres_server")
+    monkeypatch.setenv(POSTGRES_ENV, server)
+    yield "postgres"
+    drop_databases(server)
 
 
 @pytest.fixture

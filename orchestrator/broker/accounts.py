@@ -29,7 +29,8 @@ from . import dynsec
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_SECONDS = 10.0
-RETRY_SECONDS = 5.0
+RETRY_SECONDS = 2.0
+RETRY_DELAY_MAX_SECONDS = 60.0
 COMMANDS_PER_MESSAGE = 200  # the plugin saves its file once per message: batches, but not endless ones
 
 
@@ -41,7 +42,12 @@ class SyncReport:
     seconds: float = 0.0
     clients: int = 0
     changes: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # commands the broker refused (retried)
+    unmakeable: list[str] = field(default_factory=list)  # accounts that cannot be made (not retried)
+
+
+class SyncInterrupted(BrokerError):
+    """The broker connection ended during a sync (a change to our own role does that): the reconnect syncs."""
 
 
 class BrokerAccounts:
@@ -54,15 +60,73 @@ class BrokerAccounts:
         self.box = box
         self.tenant = tenant
         self.report = SyncReport()
+        self.failure: str | None = None  # why syncs fail while connected, until one succeeds
+        self._failure_in = 0  # the bus connection that failure happened in
         self._prefix = secrets.token_hex(4) + "-"  # correlation data of this instance's commands
         self._numbers = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._lock = asyncio.Lock()
         self._synced_for = 0  # the bus connection the last complete sync ran in
-        self._sync_task: asyncio.Task[None] | None = None
-        self.failure: str | None = None  # why the last sync after a connect failed, until one succeeds
+        self._wanted = asyncio.Event()  # a sync is due (a reconnect, or a change that did not reach the broker)
+        self._syncer: asyncio.Task[None] | None = None
         bus.subscribe(dynsec.RESPONSE_TOPIC, self._on_response)
         bus.on_connect(self._on_connect)
+
+    def start(self) -> None:
+        """Keep syncing in the background whenever one is due, retrying with back-off until one succeeds."""
+        self._syncer = asyncio.create_task(self._sync_when_wanted())
+
+    async def stop(self) -> None:
+        """Stop the background syncs."""
+        if self._syncer is not None:
+            self._syncer.cancel()
+            await asyncio.gather(self._syncer, return_exceptions=True)
+
+    def sync_soon(self) -> None:
+        """Ask for a sync in the background (as soon as the broker is connected)."""
+        self._wanted.set()
+
+    async def _on_connect(self) -> None:
+        # After every (re)connect: a broker that restarted may have lost accounts, or missed revocations.
+        self.sync_soon()
+
+    async def _sync_when_wanted(self) -> None:
+        delay = RETRY_SECONDS
+        while True:
+            await self._wanted.wait()
+            await self.bus.wait_connected()
+            self._wanted.clear()
+            try:
+                report = await self.sync()
+                retry = bool(report.errors)
+                self.failure = None
+            except SyncInterrupted as err:
+                log.info("%s", err.detail)
+                retry = False  # the reconnect asks again
+            except OrchestratorError as err:  # the broker does not answer, or the database is away
+                log.error("could not sync the broker's accounts: %s", err.detail)
+                self.failure, self._failure_in = err.detail, self.bus.connections
+                retry = True
+            except Exception:  # a bug must not end the syncs for good
+                log.exception("syncing the broker's accounts failed")
+                retry = True
+            if retry:
+                self._wanted.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_DELAY_MAX_SECONDS)
+            else:
+                delay = RETRY_SECONDS
+
+    async def ready(self, connection: int, timeout: float = 30.0) -> None:
+        """Return once the accounts were synced during this bus connection (or later); BrokerError if they fail."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._synced_for < connection:
+                    if self.failure is not None and self._failure_in >= connection:
+                        raise BrokerError(self.failure)
+                    await asyncio.sleep(0.02)
+        except TimeoutError as err:
+            raise BrokerError(f"the broker's accounts were not synced within {timeout:.0f} s") from err
 
     async def request(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send commands and return the plugin's responses, in order; BrokerError if it does not answer."""
@@ -73,6 +137,7 @@ class BrokerAccounts:
 
     async def _request_batch(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
+        connection = self.bus.connections
         tagged = []
         futures = []
         for command in commands:
@@ -82,17 +147,22 @@ class BrokerAccounts:
             futures.append(future)
             tagged.append(command | {"correlationData": correlation})
         try:
-            await self.bus.publish(dynsec.CONTROL_TOPIC, json.dumps({"commands": tagged}))
-            async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
-                return list(await asyncio.gather(*futures))
-        except MqttError as err:
-            raise BrokerError(f"could not send accounts to the broker: {err}") from err
-        except TimeoutError as err:
-            raise BrokerError(
-                f"the broker at {self.bus.url} did not answer on {dynsec.CONTROL_TOPIC} within "
-                f"{REQUEST_TIMEOUT_SECONDS:.0f} s: load Mosquitto's dynamic security plugin (docs/broker.md) and "
-                "give ORCH_BROKER__USERNAME its admin role"
-            ) from err
+            try:
+                await self.bus.publish(dynsec.CONTROL_TOPIC, json.dumps({"commands": tagged}))
+            except MqttError as err:
+                raise SyncInterrupted(f"the broker connection ended while sending accounts: {err}") from err
+            deadline = loop.time() + REQUEST_TIMEOUT_SECONDS
+            while not all(future.done() for future in futures):
+                if self.bus.connections != connection or not self.bus.connected:
+                    raise SyncInterrupted("the broker connection ended before the broker answered about accounts")
+                if loop.time() > deadline:
+                    raise BrokerError(
+                        f"the broker at {self.bus.url} did not answer on {dynsec.CONTROL_TOPIC} within "
+                        f"{REQUEST_TIMEOUT_SECONDS:.0f} s: load Mosquitto's dynamic security plugin (docs/broker.md) "
+                        "and give ORCH_BROKER__USERNAME its admin role"
+                    )
+                await asyncio.wait(futures, timeout=0.05)
+            return [future.result() for future in futures]
         finally:
             for command in tagged:
                 self._waiting.pop(command["correlationData"], None)
@@ -108,36 +178,6 @@ class BrokerAccounts:
             if future is not None and not future.done():
                 future.set_result(response)
 
-    async def _on_connect(self) -> None:
-        # After every (re)connect: a broker that restarted may have lost accounts, or missed revocations.
-        if self._sync_task is None or self._sync_task.done():
-            self._sync_task = asyncio.create_task(self._sync_while_behind())
-
-    async def _sync_while_behind(self) -> None:
-        """Sync until a sync has completed during the current connection; retry every few seconds on failure."""
-        while self.bus.connected and self._synced_for < self.bus.connections:
-            try:
-                await self.sync()
-                self.failure = None
-            except BrokerError as err:
-                if not self.bus.connected:  # cut off meanwhile (a change to our own role does that): a reconnect syncs
-                    log.info("the broker connection ended during a sync of accounts; syncing after the reconnect")
-                    return
-                log.error("could not sync the broker's accounts: %s", err.detail)
-                self.failure = err.detail
-                await asyncio.sleep(RETRY_SECONDS)
-
-    async def ready(self, connection: int, timeout: float = 30.0) -> None:
-        """Return once the accounts were synced during this bus connection (or later); BrokerError if they fail."""
-        try:
-            async with asyncio.timeout(timeout):
-                while self._synced_for < connection:
-                    if self.failure is not None:
-                        raise BrokerError(self.failure)
-                    await asyncio.sleep(0.02)
-        except TimeoutError as err:
-            raise BrokerError(f"the broker's accounts were not synced within {timeout:.0f} s") from err
-
     async def sync(self) -> SyncReport:
         """Make the broker's clients and roles match the keys; returns what was done."""
         async with self._lock:
@@ -145,7 +185,7 @@ class BrokerAccounts:
             connection = self.bus.connections
             records = await self.db.run(key_store.all_keys)
             sealed = {record.id: record.key_sealed for record in records}
-            want = dynsec.desired(records, self.tenant)
+            want = dynsec.desired(records, self.tenant, reserved={self.admin_username})
             clients, roles = await self.request(
                 [
                     {"command": "listClients", "verbose": True, "count": -1, "offset": 0},
@@ -153,35 +193,43 @@ class BrokerAccounts:
                 ]
             )
             for response in (clients, roles):
-                if response.get("error"):
-                    raise BrokerError(f"the broker refused {response.get('command')}: {response['error']}")
+                if response.get("error") or not isinstance(response.get("data"), dict):
+                    raise BrokerError(f"the broker refused {response.get('command')}: {response.get('error')}")
             client_list, role_list = clients["data"].get("clients", []), roles["data"].get("roles", [])
             have = dynsec.existing(client_list, role_list)
-            plan = dynsec.plan(want, have, lambda key_id: self._password(sealed.get(key_id)))
+            unopenable: list[str] = []
+            plan = dynsec.plan(want, have, lambda key_id: self._password(key_id, sealed.get(key_id), unopenable))
             plan.commands[:0] = dynsec.admin_fixes(self.admin_username, client_list, role_list)
             errors = [
-                f"{command['command']} {command.get('username') or command.get('rolename')}: {response['error']}"
+                f"{command['command']} {command.get('username') or command.get('rolename')}: {response.get('error')}"
                 for command, response in zip(plan.commands, await self.request(plan.commands), strict=True)
                 if response.get("error")
             ]
-            errors += [
-                f"no account for {name}: the key was made before broker accounts and its password is not kept; "
-                "make a new key"
+            unmakeable = [
+                f"no account for {name}: "
+                + (
+                    "its sealed key does not open with ORCH_SECRET_KEY"
+                    if want.clients[name].key_id in unopenable
+                    else "the key was made before broker accounts and is not kept; make a new key"
+                )
                 for name in plan.unmakeable
             ]
-            for error in errors:
-                log.warning("broker accounts: %s", error)
+            for problem in errors + unmakeable:
+                log.warning("broker accounts: %s", problem)
             if plan.commands:
                 log.info("broker accounts: %d changes for %d clients", len(plan.commands), len(want.clients))
             seconds = round(time.monotonic() - started, 3)
-            self.report = SyncReport(datetime.now(UTC), seconds, len(want.clients), len(plan.commands), errors)
+            self.report = SyncReport(
+                datetime.now(UTC), seconds, len(want.clients), len(plan.commands), errors, unmakeable
+            )
             self._synced_for = max(self._synced_for, connection)
             return self.report
 
-    def _password(self, sealed: str | None) -> str | None:
+    def _password(self, key_id: str, sealed: str | None, unopenable: list[str]) -> str | None:
         if sealed is None:
             return None
         try:
             return str(self.box.open(sealed))
         except OrchestratorError:
+            unopenable.append(key_id)
             return None

@@ -88,18 +88,22 @@ def login_usernames(app_id: str, tenant: str | None) -> list[str]:
     return [app_id] + ([f"{app_id}@{tenant}"] if tenant else [])
 
 
-def usernames(record: ApiKey, tenant: str | None) -> list[str]:
-    """Every username a key logs in with: its id, and the application's names if it is the login key."""
-    return [record.id] + (login_usernames(record.application_id, tenant) if record.application_login else [])
+def usernames(record: ApiKey, tenant: str | None, reserved: Iterable[str] = ()) -> list[str]:
+    """Every username a key logs in with: its id, and the application's names if it is the login key.
+
+    A reserved name (the orchestrator's own admin account) is never given to a key.
+    """
+    names = [record.id] + (login_usernames(record.application_id, tenant) if record.application_login else [])
+    return [name for name in names if name not in set(reserved)]
 
 
-def desired(records: Iterable[ApiKey], tenant: str | None) -> Accounts:
+def desired(records: Iterable[ApiKey], tenant: str | None, reserved: Iterable[str] = ()) -> Accounts:
     """The roles and clients the keys need."""
     accounts = Accounts({}, {})
     for record in records:
         grants = key_rules.mqtt_grants(record.application_id, record.scopes, record.integration_id)
         accounts.roles[record.id] = Role(record.id, grants_to_acls(grants))
-        for username in usernames(record, tenant):
+        for username in usernames(record, tenant, reserved):
             accounts.clients[username] = Client(username, record.id, record.id)
     return accounts
 
@@ -145,12 +149,12 @@ def plan(want: Accounts, have: Accounts, password_of: Callable[[str], str | None
         current_client = have.clients.get(username)
         if current_client == client:
             continue
-        if current_client is not None:  # another key's login now, or wrong roles: made anew (its connections end)
-            commands.append({"command": "deleteClient", "username": username})
         password = password_of(client.key_id)
-        if password is None:
+        if password is None:  # what the broker has stays: better an old account than none
             unmakeable.append(username)
             continue
+        if current_client is not None:  # another key's login now, or wrong roles: made anew (its connections end)
+            commands.append({"command": "deleteClient", "username": username})
         commands.append(
             {
                 "command": "createClient",
@@ -168,15 +172,16 @@ def plan(want: Accounts, have: Accounts, password_of: Callable[[str], str | None
 def admin_fixes(
     admin_username: str, clients: list[dict[str, Any]], roles: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """ACLs the admin account lacks, added to its first role (`mosquitto_ctrl dynsec init` grants too little).
+    """Commands giving the admin account the orchestrator's own role, when it lacks what that role grants.
 
-    Mosquitto 2.0 disconnects the clients of a role whose ACLs change, the orchestrator included: this happens
-    once, on the first connect to a broker whose admin account was made by `dynsec init`.
+    `mosquitto_ctrl dynsec init` makes an admin that may not publish outside `$CONTROL`. The orchestrator's
+    role is added beside the account's own roles, which stay as they are for whoever else holds them.
+    Mosquitto 2.0 disconnects a client whose roles change: this happens once, on the first connect.
     """
     client = next((item for item in clients if item.get("username") == admin_username), None)
-    names = [role["rolename"] for role in (client or {}).get("roles", [])]
-    if not names:
-        return []  # not its own roles to see, or none: nothing we may safely change
+    if client is None:
+        return []  # listing clients needs the admin role: with it we are there; without it, nothing to do
+    names = {role["rolename"] for role in client.get("roles", [])}
     granted = {
         Acl(acl["acltype"], acl["topic"])
         for role in roles
@@ -184,8 +189,21 @@ def admin_fixes(
         for acl in role.get("acls", [])
         if acl.get("allow", False)
     }
-    missing = sorted(admin_role().acls - granted)
-    return [_acl_command("addRoleACL", names[0], acl) | {"allow": True, "priority": 0} for acl in missing]
+    admin = admin_role()
+    if admin.acls <= granted:
+        return []
+    ours = next((role for role in roles if role.get("rolename") == ADMIN_ROLE), None)
+    commands: list[dict[str, Any]] = []
+    if ours is None:
+        commands.append({"command": "createRole", "rolename": ADMIN_ROLE, "textname": "orchestrator"})
+    held = {Acl(acl["acltype"], acl["topic"]) for acl in (ours or {}).get("acls", [])}
+    commands += [
+        _acl_command("addRoleACL", ADMIN_ROLE, acl) | {"allow": True, "priority": 0}
+        for acl in sorted(admin.acls - held)
+    ]
+    if ADMIN_ROLE not in names:
+        commands.append({"command": "addClientRole", "username": admin_username, "rolename": ADMIN_ROLE})
+    return commands
 
 
 def _acl_command(command: str, rolename: str, acl: Acl) -> dict[str, Any]:
@@ -194,7 +212,7 @@ def _acl_command(command: str, rolename: str, acl: Acl) -> dict[str, Any]:
 
 def initial_config(admin_username: str, admin_password: str, records: Iterable[ApiKey], tenant: str | None) -> str:
     """A plugin configuration file with the admin and every key (from their stored Mosquitto hashes)."""
-    want = desired(records, tenant)
+    want = desired(records, tenant, reserved={admin_username})
     hashes = {record.id: record.mqtt_password_hash for record in records if record.mqtt_password_hash}
     admin = admin_role()
     roles = [admin, *want.roles.values()]
@@ -219,7 +237,12 @@ def with_admin(config_text: str, admin_username: str, admin_password: str) -> st
     admin = admin_role()
     config["roles"] = [role for role in config.get("roles", []) if role.get("rolename") != ADMIN_ROLE]
     config["roles"].append(_file_role(admin))
-    config["clients"] = [client for client in config.get("clients", []) if client.get("username") != admin_username]
+    # The admin account is ours (text name "orchestrator"): one, under the configured name.
+    config["clients"] = [
+        client
+        for client in config.get("clients", [])
+        if client.get("username") != admin_username and client.get("textname") != "orchestrator"
+    ]
     config["clients"].append(
         _file_client(admin_username, key_rules.mosquitto_hash(admin_password), "orchestrator", ADMIN_ROLE)
     )

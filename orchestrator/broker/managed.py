@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -117,8 +118,11 @@ class ManagedBroker:
         """mosquitto.conf: listeners, the accounts plugin, no anonymous access, persistence, big queues."""
         settings = self.settings
         tls = [f"certfile {settings.tls_cert_file}", f"keyfile {settings.tls_key_file}"]
+        # A change of the admin login must restart an adopted broker, so the digest of it is in the file.
+        login = hashlib.sha256(f"{settings.username}\n{self.admin_password}".encode()).hexdigest()[:16]
         lines = [
             "# Written by the orchestrator at every start; edits are overwritten.",
+            f"# admin login {login}",
             "per_listener_settings false",
             "allow_anonymous false",
             f"plugin {plugin}",
@@ -209,7 +213,11 @@ class ManagedBroker:
             await _terminate(previous)
         conf.write_text(text)
         self.write_accounts(records, tenant)
-        for setting, host, port in self._ports():
+        ports = self._ports()
+        for setting, host, port in ports:
+            same = [other for other, _, used in ports if used == port and other != setting]
+            if same:
+                raise BrokerError(f"{setting}: port {port} is also {same[0]}'s; give each listener its own port")
             if await _listening(host, port):
                 raise BrokerError(
                     f"{setting}: port {port} on {host} is already in use (another Mosquitto or orchestrator?); choose "

@@ -88,6 +88,7 @@ class HealthService:
                 "clients": report.clients,
                 "changes": report.changes,
                 "errors": report.errors,
+                "unmakeable": report.unmakeable,
                 "failure": self.accounts.failure,
             },
         }

@@ -11,7 +11,7 @@ from ..broker import dynsec
 from ..broker.accounts import BrokerAccounts
 from ..db import Database
 from ..db.models import ApiKey
-from ..errors import AuthenticationError, BrokerError, PermissionDenied
+from ..errors import AuthenticationError, OrchestratorError, PermissionDenied
 from ..schemas import KeyCreate, KeyCreated, KeyPublic
 from ..secretbox import SecretBox
 from ..store import keys as store
@@ -74,19 +74,25 @@ class KeyService:
         }
 
     async def changed(self) -> None:
-        """A key was made or revoked: the API at once, the broker now if it is connected (else when it is)."""
+        """A key was made or revoked: the API at once; the broker before this returns if it is connected,
+        else (or if that fails) in the background as soon as it can be."""
         await self.refresh()
         if not self.accounts.bus.connected:
+            self.accounts.sync_soon()
             return
         try:
-            await self.accounts.sync()
-        except BrokerError as err:  # the key stands; the next sync (every reconnect) makes the account
-            log.error("could not update the broker's accounts: %s", err.detail)
+            report = await self.accounts.sync()
+        except OrchestratorError as err:  # the key stands; the background sync keeps trying
+            log.error("could not update the broker's accounts now (retrying): %s", err.detail)
+            self.accounts.sync_soon()
+            return
+        if report.errors:
+            self.accounts.sync_soon()
 
     def public(self, record: ApiKey) -> KeyPublic:
         """A key as the API shows it, with the MQTT usernames it logs in with."""
         shown = KeyPublic.model_validate(record)
-        shown.mqtt_usernames = dynsec.usernames(record, self.accounts.tenant)
+        shown.mqtt_usernames = dynsec.usernames(record, self.accounts.tenant, {self.accounts.admin_username})
         return shown
 
     def authenticate(self, token: str | None) -> Principal:

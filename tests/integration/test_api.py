@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from orchestrator.config import PROJECT_ROOT
 from tests.support.mqtt import MqttProbe
 from tests.support.orchestrator import RunningOrchestrator
 
 APP = "api-app"
+pytestmark = pytest.mark.usefixtures("both_databases")  # every test on SQLite and on PostgreSQL
 
 
 def test_authentication_and_scopes(orchestrator: RunningOrchestrator) -> None:

@@ -159,7 +159,7 @@ def test_the_things_stack_logins_work_within_the_keys_scopes(tmp_path: Path, mos
 
 
 @pytest.mark.parametrize("orchestrator", ["managed", "external"], indirect=True)
-def test_after_a_broker_crash_accounts_work_and_changes_made_meanwhile_apply(
+def test_after_a_broker_crash_accounts_are_made_again_and_changes_made_meanwhile_apply(
     orchestrator: RunningOrchestrator,
 ) -> None:
     orchestrator.create_application(APP)
@@ -169,6 +169,12 @@ def test_after_a_broker_crash_accounts_work_and_changes_made_meanwhile_apply(
     wait_for(lambda: (_health(orchestrator)["broker_details"]["uptime_seconds"] or 0) >= 10, 25, what="uptime 10 s")
 
     broker = orchestrator.external_broker
+    # An account lost behind the orchestrator's back (a broker restored from an old backup, say).
+    password = broker.password if broker else (orchestrator.data_dir / "broker.password").read_text().strip()
+    login = ["-h", "127.0.0.1", "-p", orchestrator.mqtt_url.rsplit(":", 1)[1], "-u", "orchestrator", "-P", password]
+    subprocess.run(["mosquitto_ctrl", *login, "dynsec", "deleteClient", username_of(kept)], check=True, timeout=20)
+    assert MqttProbe(orchestrator.mqtt_url, username_of(kept), kept, version=5).connack == [NOT_AUTHORIZED]
+    synced_before = _health(orchestrator)["broker_details"]["accounts"]["synced_at"]
     if broker is None:
         pid = int((orchestrator.data_dir / "mosquitto" / "mosquitto.pid").read_text())
         os.kill(pid, signal.SIGKILL)
@@ -184,7 +190,8 @@ def test_after_a_broker_crash_accounts_work_and_changes_made_meanwhile_apply(
     def back() -> dict[str, Any] | None:
         health = _health(orchestrator)
         details = health["broker_details"]
-        done = health["broker"] == "connected" and details["restarts_seen"] == 1 and details["accounts"]["synced_at"]
+        synced = details["accounts"]["synced_at"] not in (None, synced_before)
+        done = health["broker"] == "connected" and details["restarts_seen"] == 1 and synced
         return health if done else None
 
     health = wait_for(back, 40, what="/healthz to show the broker's restart")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from httpx_sse import connect_sse
 
 from orchestrator.config import PROJECT_ROOT
@@ -20,6 +21,7 @@ from tests.support.sink import HttpSink
 from tests.support.waiting import wait_for
 
 APP = "life-app"
+pytestmark = pytest.mark.usefixtures("both_databases")  # every test on SQLite and on PostgreSQL
 
 
 def test_orchestrator_crash_and_restart_adopts_running_workers(tmp_path: Path, mosquitto: str, sink: HttpSink) -> None:

@@ -83,15 +83,38 @@ def test_a_key_without_a_kept_password_is_named_not_guessed() -> None:
     assert not any(c["command"] == "createClient" for c in plan.commands)
 
 
-def test_the_admin_gets_what_dynsec_init_does_not_grant_on_its_own_role() -> None:
-    clients = [{"username": "orchestrator", "roles": [{"rolename": "admin"}]}]
+def test_the_admin_gets_the_orchestrators_role_when_dynsec_init_granted_too_little() -> None:
+    clients = [{"username": "orchestrator", "roles": [{"rolename": "admin"}]}, {"username": "ops", "roles": []}]
     roles = [{"rolename": "admin", "acls": [{"acltype": "subscribePattern", "topic": "#", "allow": True}]}]
     fixes = dynsec.admin_fixes("orchestrator", clients, roles)
-    added = {(c["acltype"], c["topic"]) for c in fixes}
-    assert all(c["command"] == "addRoleACL" and c["rolename"] == "admin" for c in fixes)
+    assert fixes[0] == {"command": "createRole", "rolename": dynsec.ADMIN_ROLE, "textname": "orchestrator"}
+    added = {(c["acltype"], c["topic"]) for c in fixes if c["command"] == "addRoleACL"}
     assert ("publishClientSend", "#") in added and ("publishClientReceive", "$SYS/#") in added
-    assert ("subscribePattern", "#") not in added
+    # The operator's `admin` role, which others may hold, stays as it was.
+    assert all(c.get("rolename") == dynsec.ADMIN_ROLE for c in fixes)
+    assert fixes[-1] == {"command": "addClientRole", "username": "orchestrator", "rolename": dynsec.ADMIN_ROLE}
+    given = [{"rolename": dynsec.ADMIN_ROLE, "acls": [
+        {"acltype": a.acltype, "topic": a.topic, "allow": True} for a in dynsec.admin_role().acls
+    ]}]  # fmt: skip
+    holder = [{"username": "orchestrator", "roles": [{"rolename": dynsec.ADMIN_ROLE}]}]
+    assert dynsec.admin_fixes("orchestrator", holder, given) == []
     assert dynsec.admin_fixes("someone-else", clients, roles) == []
+
+
+def test_no_key_takes_the_admins_username() -> None:
+    record = key("ik.a", "orchestrator", ["messages:read"], login=True)  # an application named like the admin
+    assert dynsec.usernames(record, None, reserved={"orchestrator"}) == ["ik.a"]
+    assert "orchestrator" not in dynsec.desired([record], None, reserved={"orchestrator"}).clients
+
+
+def test_a_client_that_cannot_be_made_again_is_left_alone() -> None:
+    want = dynsec.desired([key("ik.a", "app", ["messages:read"])], tenant=None)
+    have = dynsec.existing(
+        [{"username": "ik.a", "textname": "orchestrator key ik.a", "roles": [{"rolename": "other"}]}], []
+    )
+    plan = dynsec.plan(want, have, lambda key_id: None)
+    assert not any(c["command"] in ("deleteClient", "createClient") for c in plan.commands)
+    assert plan.unmakeable == ["ik.a"]
 
 
 def test_the_plugins_file_holds_hashes_the_plugin_checks() -> None:

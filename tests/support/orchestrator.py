@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ class RunningOrchestrator:
         self.external_broker: ExternalBroker | None = None
         self.env = {
             **os.environ,
+            **fresh_database(),
             "ORCH_DATA_DIR": str(data_dir),
             "ORCH_PORT": str(self.port),
             "ORCH_BROKER__URL": f"mqtt://127.0.0.1:{self.broker_port}",
@@ -143,6 +145,33 @@ class RunningOrchestrator:
     def uplink(self, app_id: str, device_id: str, body: dict[str, Any]) -> dict[str, Any]:
         path = f"/api/v1/applications/{app_id}/devices/{device_id}/uplinks"
         return self.call("POST", path, 201, json=body).json()  # type: ignore[no-any-return]
+
+
+POSTGRES_ENV = "ORCH_TEST_POSTGRES_URL"  # set by the `both_databases` fixture while a test runs on PostgreSQL
+created_databases: list[str] = []
+
+
+def fresh_database() -> dict[str, str]:
+    """ORCH_DATABASE_URL of a new, empty PostgreSQL database while a test runs on PostgreSQL; else nothing."""
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        return {}
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.replace("+psycopg", ""), autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    created_databases.append(name)
+    return {"ORCH_DATABASE_URL": server.rsplit("/", 1)[0] + f"/{name}"}
+
+
+def drop_databases(server: str) -> None:
+    """Drop the databases `fresh_database` made."""
+    import psycopg
+
+    with psycopg.connect(server.replace("+psycopg", ""), autocommit=True) as connection:
+        while created_databases:
+            connection.execute(f'DROP DATABASE IF EXISTS "{created_databases.pop()}" WITH (FORCE)')
 
 
 def pid_alive(pid: int) -> bool:

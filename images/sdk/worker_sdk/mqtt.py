@@ -39,6 +39,10 @@ class MqttLoginRefused(MqttError):
     """The broker refused the username and password (CONNACK 4 or 5; 134 or 135 in MQTT 5)."""
 
 
+class MqttTlsRefused(MqttLoginRefused):
+    """The TLS handshake failed (an untrusted or mismatched certificate)."""
+
+
 LOGIN_REFUSED_CODES = {4, 5, 134, 135}
 
 
@@ -209,6 +213,8 @@ class MqttConnection:
                 ),
                 timeout,
             )
+        except ssl.SSLError as err:  # a certificate that does not verify: waiting will not change it
+            raise MqttTlsRefused(f"TLS with the MQTT broker at {self.host}:{self.port} failed: {err}") from err
         except (OSError, TimeoutError) as err:
             raise MqttError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {err}") from err
         except MQTTConnectError as err:
@@ -337,7 +343,8 @@ class MqttConnection:
             await asyncio.sleep(delay)
             if self._closing or self._connected.is_set():
                 return
-            if not self._client._package_handler._permanent_failure:  # gmqtt is still trying by itself
+            handler = self._client._package_handler
+            if not getattr(handler, "_permanent_failure", False):  # gmqtt is still trying by itself
                 continue
             try:
                 await self.connect()
