@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(None, description="Fernet key for secrets at rest")
     templates_dir: Path = PROJECT_ROOT / "integration_templates"
     log_level: str = "INFO"
+    lease_seconds: float = Field(
+        10.0,
+        ge=3,
+        le=120,
+        description="The leader's lease: another instance takes over within about 1.3 times this after it dies",
+    )
     broker: BrokerSettings = BrokerSettings()
     handler: HandlerSettings = HandlerSettings()
     events: EventSettings = EventSettings()

@@ -90,3 +90,10 @@ class DatabaseUnavailable(OrchestratorError):
 
     status = 503
     title = "Database unavailable"
+
+
+class NotLeader(OrchestratorError):
+    """This instance does not hold the leader's lease (any more): it must not act on workers."""
+
+    status = 503
+    title = "Not the leader"

@@ -16,10 +16,11 @@ from worker_sdk import topics
 from worker_sdk.mqtt import MqttError
 
 from .bus import Bus
+from .cluster import Cluster
 from .config import Settings
 from .db import Database
 from .db.models import Integration, utcnow
-from .errors import OrchestratorError
+from .errors import NotLeader, OrchestratorError
 from .integrations.spec import build_spec
 from .runtime.base import MISSING, Runtime, WorkerSpec, WorkerState, WorkerStatus
 from .secretbox import SecretBox
@@ -28,6 +29,7 @@ from .templates import TemplateRegistry
 
 log = logging.getLogger(__name__)
 NOT_CONNECTED_WARNING_SECONDS = 30.0
+REQUEST_TOPIC = "orchestrator/reconcile"  # instances that do not lead ask the leader to act
 FULL_PASS_EVERY = 12  # with the default 5 s interval: a close look at everything once a minute
 
 
@@ -65,8 +67,10 @@ class Reconciler:
         runtime: Runtime,
         templates: TemplateRegistry,
         box: SecretBox,
+        cluster: Cluster,
     ) -> None:
         self.settings = settings
+        self.cluster = cluster
         self.db = db
         self.bus = bus
         self.runtime = runtime
@@ -82,6 +86,7 @@ class Reconciler:
         self.passes = 0
         self.last_pass_seconds: float | None = None
         bus.subscribe(topics.integration_topic("+", "+", "status/+"), self._on_worker_status)
+        bus.subscribe(REQUEST_TOPIC, self._on_request)
 
     def start(self) -> None:
         """Run the loop in the background."""
@@ -118,11 +123,43 @@ class Reconciler:
         """Restart this worker on the next pass (the API's restart)."""
         self._restart.add(name)
 
+    async def _fence(self) -> None:
+        """Before every action: NotLeader unless the lease is still ours (a paused old leader must not act)."""
+        if not await self.cluster.confirm():
+            raise NotLeader(f"instance {self.cluster.instance_id} does not hold the lease: it leaves workers alone")
+
+    async def _ask_leader(self, request: dict[str, Any]) -> None:
+        """Another instance leads: it acts on this request (and on its next pass anyway)."""
+        try:
+            await self.bus.publish(REQUEST_TOPIC, request)
+        except MqttError as err:
+            log.warning("could not ask the leader to act (its next pass will): %s", err)
+
+    async def _on_request(self, topic: str, payload: bytes) -> None:
+        """A request from an instance that does not lead: the leader acts on it."""
+        if not self.cluster.leading:
+            return
+        try:
+            request = json.loads(payload)
+            if "remove" in request:
+                item = request["remove"]
+                record = Integration(
+                    application_id=str(item["application_id"]), id=str(item["id"]), replicas=int(item["replicas"])
+                )
+                await self.remove(record)
+            else:
+                await self.reconcile_one(str(request["application_id"]), str(request["integration_id"]))
+        except (ValueError, KeyError, TypeError, RecursionError):
+            log.warning("ignoring a malformed request on %s", topic)
+        except OrchestratorError as err:
+            log.warning("request on %s: %s", topic, err.detail)
+
     async def _loop(self) -> None:
         interval = self.settings.runtime.reconcile_interval_seconds
         while True:
             try:
-                await self.reconcile_all()
+                if self.cluster.leading:
+                    await self.reconcile_all()
             except OrchestratorError as err:  # e.g. the Docker engine is down: say so, without a traceback
                 log.error("reconcile pass failed: %s; next pass in %.0f s", err.detail, interval)
             except Exception:
@@ -144,6 +181,7 @@ class Reconciler:
             # Under the lock: the API's delete may be removing the same worker right now.
             async with self._lock(name):
                 log.info("removing %s: its integration no longer exists", name)
+                await self._fence()
                 await self.runtime.stop(name)
         # Every pass checks running integrations cheaply; every FULL_PASS_EVERY-th looks at each closely.
         full = self.passes % FULL_PASS_EVERY == 0
@@ -183,7 +221,12 @@ class Reconciler:
 
     async def remove(self, record: Integration) -> None:
         """Stop a deleted integration's worker and clear what it left on the broker."""
+        if not self.cluster.leading:
+            item = {"application_id": record.application_id, "id": record.id, "replicas": record.replicas}
+            await self._ask_leader({"remove": item})
+            return
         async with self._lock(record.runtime_name):
+            await self._fence()
             await self.runtime.stop(record.runtime_name)
             self._backoff.pop(record.runtime_name, None)
             self._connected.pop((record.application_id, record.id), None)
@@ -206,6 +249,9 @@ class Reconciler:
 
     async def reconcile(self, record: Integration) -> None:
         """Compare wanted and actual state for one integration, act, and record the outcome."""
+        if not self.cluster.leading:
+            await self._ask_leader({"application_id": record.application_id, "integration_id": record.id})
+            return
         async with self._lock(record.runtime_name):
             # Read the record again under the lock: the API may have changed or deleted it meanwhile.
             current = await self.db.run(lambda session: session.get(Integration, (record.application_id, record.id)))
@@ -229,6 +275,7 @@ class Reconciler:
         template = self.templates.templates.get(record.template_id)
         if not record.enabled or template is None:
             if active:
+                await self._fence()
                 await self.runtime.stop(name)
             self._backoff.pop(name, None)
             self._restart.discard(name)
@@ -243,6 +290,7 @@ class Reconciler:
             spec = build_spec(record, template, self.box, self.settings, self.runtime)
         except OrchestratorError as err:
             if active:
+                await self._fence()
                 await self.runtime.stop(name)
             observed.actual_state = WorkerState.FAILED
             observed.last_error = f"configuration no longer valid: {err.detail}"
@@ -312,6 +360,7 @@ class Reconciler:
         self._connected.pop((record.application_id, record.id), None)  # old reports must not count
         backoff = self._backoff.setdefault(spec.name, Backoff())
         backoff.running_since = None
+        await self._fence()
         try:
             observed.runtime_handle = await self.runtime.start(spec)
         except OrchestratorError as err:

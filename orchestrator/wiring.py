@@ -10,6 +10,7 @@ from .broker.managed import ManagedBroker
 from .broker.sessions import WorkerSessions
 from .broker.watch import BrokerWatch
 from .bus import Bus
+from .cluster import Cluster, Identity, secret_fingerprint, templates_fingerprint
 from .config import Settings
 from .db import Database
 from .events.log import EventLog
@@ -49,6 +50,7 @@ class Orchestrator:
     runtime: Runtime
     reconciler: Reconciler
     box: SecretBox
+    cluster: Cluster
     services: Services
 
     @classmethod
@@ -57,7 +59,15 @@ class Orchestrator:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url)
         templates = TemplateRegistry(settings.templates_dir).load()
-        box = SecretBox(settings.persistent_secret("secret.key", settings.secret_key, factory="fernet"))
+        secret_key = settings.persistent_secret("secret.key", settings.secret_key, factory="fernet")
+        box = SecretBox(secret_key)
+        identity = Identity(
+            settings.instance_id,
+            settings.api_url,
+            templates_fingerprint(templates.templates),
+            secret_fingerprint(secret_key),
+        )
+        cluster = Cluster(db, identity, settings.lease_seconds)
         admin_token = settings.persistent_secret("admin.token", settings.admin_token)
         broker_settings = settings.broker
         admin_password = settings.persistent_secret("broker.password", broker_settings.password)
@@ -79,7 +89,9 @@ class Orchestrator:
         handler = Handler(settings.handler, db, bus, outbox)
         recorder = IntegrationRecorder(db, bus, outbox)
         runtime = make_runtime(settings, allowed_images=templates.images)
-        reconciler = Reconciler(settings=settings, db=db, bus=bus, runtime=runtime, templates=templates, box=box)
+        reconciler = Reconciler(
+            settings=settings, db=db, bus=bus, runtime=runtime, templates=templates, box=box, cluster=cluster
+        )
         keys = KeyService(db, accounts, box, admin_token)
         services = Services(
             applications=ApplicationService(db, handler, reconciler, keys),
@@ -107,6 +119,7 @@ class Orchestrator:
                 accounts=accounts,
                 watch=watch,
                 sessions=sessions,
+                cluster=cluster,
             ),
             templates=templates,
         )
@@ -123,12 +136,14 @@ class Orchestrator:
             runtime,
             reconciler,
             box,
+            cluster,
             services,
         )
 
     async def start(self) -> None:
         """Migrate, write broker accounts, start the broker, load the registry, connect, reconcile."""
         self.db.migrate()
+        await self.cluster.join()  # refuses a configuration the running instances do not share
         if len(self.box.keys) > 1:
             count = await self.db.run(integration_store.reseal_secrets, self.box)
             log.info("secrets of %d integrations sealed with the first ORCH_SECRET_KEY; the others can go", count)
@@ -144,6 +159,7 @@ class Orchestrator:
         self.accounts.start()
         await self.bus.start()
         await self.accounts.ready(1)  # workers log in with their keys: their accounts come first
+        self.cluster.start()
         self.reconciler.start()
         log.info(
             "orchestrator ready: API on %s, runtime %s, broker %s (%s)%s",
@@ -157,6 +173,7 @@ class Orchestrator:
     async def stop(self) -> None:
         """Stop reconciling, then the runtime's own workers, the event flow, the connection and the broker."""
         await self.reconciler.stop()
+        await self.cluster.stop()
         await self.runtime.close()
         await self.outbox.stop()
         await self.accounts.stop()

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -191,3 +203,29 @@ class EventRetention(Base):
 
     application_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     pruned_through: Mapped[int] = mapped_column(LogId, default=0)
+
+
+class Lease(Base):
+    """A lease (client-go's Lease): who holds it, since when, last renewed; `transitions` is the fencing token."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    acquired_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    renewed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    duration_seconds: Mapped[float] = mapped_column(Float)
+    transitions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Instance(Base):
+    """A running orchestrator: where its API is, when it was last seen, and what it is configured with."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api_url: Mapped[str] = mapped_column(String(500))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    templates_fingerprint: Mapped[str] = mapped_column(String(64))
+    secret_fingerprint: Mapped[str] = mapped_column(String(64))

@@ -9,6 +9,7 @@ from ..broker.managed import ManagedBroker
 from ..broker.sessions import WorkerSessions
 from ..broker.watch import BrokerWatch
 from ..bus import Bus
+from ..cluster import Cluster
 from ..events.log import EventLog
 from ..events.outbox import Outbox
 from ..reconciler import Reconciler
@@ -32,6 +33,7 @@ class HealthService:
         accounts: BrokerAccounts,
         watch: BrokerWatch,
         sessions: WorkerSessions,
+        cluster: Cluster,
     ) -> None:
         self.bus = bus
         self.outbox = outbox
@@ -43,6 +45,7 @@ class HealthService:
         self.accounts = accounts
         self.watch = watch
         self.sessions = sessions
+        self.cluster = cluster
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         """Whether the orchestrator is healthy, and the details."""
@@ -60,6 +63,7 @@ class HealthService:
                 "republished": self.outbox.republished,
                 "pruned": self.log.pruned,
             },
+            "cluster": self.cluster.snapshot,
             "broker_details": self._broker_details(),
             "worker_sessions_restored": self.sessions.restored,
             "runtime": self.runtime.name,
@@ -74,6 +78,10 @@ class HealthService:
                 "listeners": self.broker.listeners,
             }
         return healthy, body
+
+    async def cluster_report(self) -> dict[str, Any]:
+        """The instances on this database, and who leads since when (read now)."""
+        return await self.cluster.report()
 
     def _broker_details(self) -> dict[str, Any]:
         """The broker seen from here: where, since when, restarts seen, and the last sync of its accounts."""

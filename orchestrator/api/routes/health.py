@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from ..deps import ServicesDep
+from ..deps import PrincipalDep, ServicesDep
 
 router = APIRouter(tags=["health"])
 
@@ -15,3 +17,10 @@ async def health(services: ServicesDep) -> JSONResponse:
     """200 while the broker is connected and the event log can be written, 503 (naming what is wrong) otherwise."""
     healthy, body = services.health.report()
     return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/api/v1/cluster")
+async def cluster(services: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    """The orchestrator instances on this database, and which one leads (runs the reconciler) since when (admin)."""
+    who.require_admin()
+    return await services.health.cluster_report()

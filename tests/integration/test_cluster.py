@@ -1,0 +1,121 @@
+"""Several instances on one database: one leader by a lease with a fencing token, and refused mismatches.
+
+The lease is tested on the real databases (PostgreSQL and SQLite) with short durations; the refusal at start
+with real orchestrator processes on one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cluster import Cluster, ConfigurationMismatch, Identity
+from orchestrator.db import Database
+from tests.support.orchestrator import RunningOrchestrator, free_port, fresh_database
+
+LEASE_SECONDS = 3.0
+
+
+@pytest.fixture
+def database(both_databases: str, tmp_path: Path) -> Iterator[Database]:
+    url = fresh_database().get("ORCH_DATABASE_URL") or f"sqlite:///{tmp_path / 'cluster.db'}"
+    db = Database(url)
+    db.migrate()
+    yield db
+    db.engine.dispose()
+
+
+def member(db: Database, name: str, templates: str = "t1", secret: str = "s1") -> Cluster:
+    return Cluster(db, Identity(name, f"http://{name}", templates, secret), LEASE_SECONDS)
+
+
+async def test_one_leader_and_a_follower_takes_over_when_it_stops_renewing(database: Database) -> None:
+    first, second = member(database, "a"), member(database, "b")
+    await first.join()
+    await second.join()
+    assert first.leading and not second.leading
+    token = first.token
+    first.start()
+    second.start()
+    await asyncio.sleep(LEASE_SECONDS * 1.5)
+    assert first.leading and not second.leading  # renewed well before expiry: no change of leader
+    assert first.token == token
+
+    # The leader dies (no renewal, no release): the follower leads within about 1.3 lease durations.
+    assert first._task is not None
+    first._task.cancel()
+    died = time.monotonic()
+    while not second.leading:
+        assert time.monotonic() - died < LEASE_SECONDS * 2, "nobody took the lead over"
+        await asyncio.sleep(0.05)
+    assert second.token == (token or 0) + 1
+    # The old leader, paused until now, believes nothing: its own clock says its lease ran out, and the
+    # fence says the token moved on.
+    assert not first.leading
+    first._valid_until = time.monotonic() + 60  # even if its clock were wrong
+    assert not await first.confirm()
+    assert await second.confirm()
+    report = await second.report()
+    assert report["leader"]["instance"] == "b" and report["leader"]["transitions"] == 2
+    assert {item["id"] for item in report["instances"]} == {"b"}  # the dead one no longer beats
+    await second.stop()
+
+
+async def test_a_clean_stop_hands_the_lead_over_at_once(database: Database) -> None:
+    first, second = member(database, "a"), member(database, "b")
+    await first.join()
+    await second.join()
+    await first.stop()  # gives the lease up
+    await second.step()
+    assert second.leading
+    assert {item["id"] for item in (await second.report())["instances"]} == {"b"}
+    await second.stop()
+
+
+async def test_an_instance_with_other_templates_or_another_secret_key_is_refused(database: Database) -> None:
+    await member(database, "a").join()
+    with pytest.raises(ConfigurationMismatch, match="ORCH_TEMPLATES_DIR: instance a"):
+        await member(database, "b", templates="t2").join()
+    with pytest.raises(ConfigurationMismatch, match="ORCH_SECRET_KEY: instance a"):
+        await member(database, "c", secret="s2").join()
+    await member(database, "d").join()  # the same configuration joins
+
+
+def test_orchestrators_on_postgresql_show_the_leader_and_refuse_another_secret_key(
+    tmp_path: Path, mosquitto: str, postgres_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCH_TEST_POSTGRES_URL", postgres_server)
+    database_url = fresh_database()["ORCH_DATABASE_URL"]
+    leader = RunningOrchestrator(
+        tmp_path / "a", ORCH_BROKER__MOSQUITTO_BINARY=mosquitto, ORCH_DATABASE_URL=database_url
+    ).start()
+    try:
+        cluster = leader.call("GET", "/api/v1/cluster", 200).json()
+        assert cluster["leading"] and cluster["leader"]["instance"] == cluster["instance"]
+        assert [item["id"] for item in cluster["instances"]] == [cluster["instance"]]
+        assert leader.call("GET", "/healthz", 200).json()["cluster"]["leader"]["instance"] == cluster["instance"]
+        env = {
+            **os.environ,
+            "ORCH_DATA_DIR": str(tmp_path / "b"),
+            "ORCH_PORT": str(free_port()),
+            "ORCH_BROKER__URL": f"mqtt://127.0.0.1:{free_port()}",
+            "ORCH_BROKER__WEBSOCKETS_PORT": str(free_port()),
+            "ORCH_BROKER__MOSQUITTO_BINARY": mosquitto,
+            "ORCH_RUNTIME__KIND": "process",
+            "ORCH_DATABASE_URL": database_url,
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "serve"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2
+        assert f"cannot start: ORCH_SECRET_KEY: instance {cluster['instance']}" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        leader.stop()
