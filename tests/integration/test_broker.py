@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 
 from tests.support.broker import ExternalBroker
 from tests.support.mqtt import MqttProbe
-from tests.support.orchestrator import RunningOrchestrator, free_port
+from tests.support.orchestrator import RunningOrchestrator, free_port, start_fails
 from tests.support.sink import HttpSink
 from tests.support.tls import make_certificates
 from tests.support.waiting import wait_for
@@ -204,43 +203,23 @@ def _health(orch: RunningOrchestrator) -> dict[str, Any]:
     return httpx.get(f"{orch.url}/healthz", timeout=5).json()  # type: ignore[no-any-return]
 
 
-def _start_fails(tmp_path: Path, mosquitto: str, **settings: str) -> str:
-    """Run `orchestrator serve` expecting it to refuse to start; returns what it printed on stderr."""
-    env = {
-        **os.environ,
-        "ORCH_DATA_DIR": str(tmp_path / "data"),
-        "ORCH_PORT": str(free_port()),
-        "ORCH_BROKER__URL": f"mqtt://127.0.0.1:{free_port()}",
-        "ORCH_BROKER__WEBSOCKETS_PORT": str(free_port()),
-        "ORCH_BROKER__MOSQUITTO_BINARY": mosquitto,
-        "ORCH_RUNTIME__KIND": "process",
-        **settings,
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "serve"], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    return next(line for line in result.stderr.splitlines() if line.startswith("cannot start"))
-
-
 def test_start_up_errors_name_the_setting_at_fault(tmp_path: Path, mosquitto: str) -> None:
-    line = _start_fails(tmp_path / "plugin", mosquitto, ORCH_BROKER__DYNSEC_PLUGIN=str(tmp_path / "missing.so"))
+    line = start_fails(tmp_path / "plugin", mosquitto, ORCH_BROKER__DYNSEC_PLUGIN=str(tmp_path / "missing.so"))
     assert "ORCH_BROKER__DYNSEC_PLUGIN" in line and "missing.so" in line
 
     ca, cert, _ = make_certificates(tmp_path / "certs")
     unreadable = tmp_path / "certs" / "unreadable.key"  # a folder: unreadable even for root
     unreadable.mkdir()
     tls = {"ORCH_BROKER__TLS_CERT_FILE": str(cert), "ORCH_BROKER__TLS_PORT": str(free_port())}
-    line = _start_fails(tmp_path / "tls", mosquitto, ORCH_BROKER__TLS_KEY_FILE=str(unreadable), **tls)
+    line = start_fails(tmp_path / "tls", mosquitto, ORCH_BROKER__TLS_KEY_FILE=str(unreadable), **tls)
     assert line.startswith("cannot start: ORCH_BROKER__TLS_KEY_FILE: cannot read")
-    line = _start_fails(tmp_path / "mismatch", mosquitto, ORCH_BROKER__TLS_KEY_FILE=str(ca), **tls)
+    line = start_fails(tmp_path / "mismatch", mosquitto, ORCH_BROKER__TLS_KEY_FILE=str(ca), **tls)
     assert "ORCH_BROKER__TLS_CERT_FILE, ORCH_BROKER__TLS_KEY_FILE" in line
 
     broker = ExternalBroker(tmp_path / "external", mosquitto).start()
     try:
         settings = broker.orchestrator_settings() | {"ORCH_BROKER__PASSWORD": "not-the-password"}
-        line = _start_fails(tmp_path / "login", mosquitto, **settings)
+        line = start_fails(tmp_path / "login", mosquitto, **settings)
         assert "ORCH_BROKER__USERNAME, ORCH_BROKER__PASSWORD" in line
     finally:
         broker.stop()
@@ -251,7 +230,7 @@ def test_start_up_errors_name_the_setting_at_fault(tmp_path: Path, mosquitto: st
     plain = subprocess.Popen([mosquitto, "-c", str(tmp_path / "plain.conf")], stderr=subprocess.DEVNULL)
     try:
         external = {"ORCH_BROKER__MODE": "external", "ORCH_BROKER__PASSWORD": "x"}
-        line = _start_fails(tmp_path / "no-plugin", mosquitto, ORCH_BROKER__URL=f"mqtt://127.0.0.1:{port}", **external)
+        line = start_fails(tmp_path / "no-plugin", mosquitto, ORCH_BROKER__URL=f"mqtt://127.0.0.1:{port}", **external)
         assert "did not answer on $CONTROL/dynamic-security/v1" in line and "dynamic security plugin" in line
     finally:
         plain.kill()

@@ -7,9 +7,6 @@ with real orchestrator processes on one PostgreSQL database.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +15,7 @@ import pytest
 
 from orchestrator.cluster import Cluster, ConfigurationMismatch, Identity
 from orchestrator.db import Database
-from tests.support.orchestrator import RunningOrchestrator, free_port, fresh_database
+from tests.support.orchestrator import RunningOrchestrator, fresh_database, start_fails
 
 LEASE_SECONDS = 3.0
 
@@ -101,21 +98,7 @@ def test_orchestrators_on_postgresql_show_the_leader_and_refuse_another_secret_k
         assert cluster["leading"] and cluster["leader"]["instance"] == cluster["instance"]
         assert [item["id"] for item in cluster["instances"]] == [cluster["instance"]]
         assert leader.call("GET", "/healthz", 200).json()["cluster"]["leader"]["instance"] == cluster["instance"]
-        env = {
-            **os.environ,
-            "ORCH_DATA_DIR": str(tmp_path / "b"),
-            "ORCH_PORT": str(free_port()),
-            "ORCH_BROKER__URL": f"mqtt://127.0.0.1:{free_port()}",
-            "ORCH_BROKER__WEBSOCKETS_PORT": str(free_port()),
-            "ORCH_BROKER__MOSQUITTO_BINARY": mosquitto,
-            "ORCH_RUNTIME__KIND": "process",
-            "ORCH_DATABASE_URL": database_url,
-        }
-        result = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "serve"], env=env, capture_output=True, text=True, timeout=60
-        )
-        assert result.returncode == 2
-        assert f"cannot start: ORCH_SECRET_KEY: instance {cluster['instance']}" in result.stderr
-        assert "Traceback" not in result.stderr
+        line = start_fails(tmp_path / "b", mosquitto, ORCH_DATABASE_URL=database_url)
+        assert line.startswith(f"cannot start: ORCH_SECRET_KEY: instance {cluster['instance']}")
     finally:
         leader.stop()

@@ -147,6 +147,26 @@ class RunningOrchestrator:
         return self.call("POST", path, 201, json=body).json()  # type: ignore[no-any-return]
 
 
+def start_fails(data_dir: Path, mosquitto: str, **settings: str) -> str:
+    """Run `orchestrator serve` expecting it to refuse to start (exit 2, no traceback); returns its one line."""
+    env = {
+        **os.environ,
+        "ORCH_DATA_DIR": str(data_dir / "data"),
+        "ORCH_PORT": str(free_port()),
+        "ORCH_BROKER__URL": f"mqtt://127.0.0.1:{free_port()}",
+        "ORCH_BROKER__WEBSOCKETS_PORT": str(free_port()),
+        "ORCH_BROKER__MOSQUITTO_BINARY": mosquitto,
+        "ORCH_RUNTIME__KIND": "process",
+        **settings,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    return next(line for line in result.stderr.splitlines() if line.startswith("cannot start"))
+
+
 POSTGRES_ENV = "ORCH_TEST_POSTGRES_URL"  # set by the `both_databases` fixture while a test runs on PostgreSQL
 created_databases: list[str] = []
 
