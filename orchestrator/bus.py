@@ -63,16 +63,27 @@ class Bus:
     """One persistent MQTT session for the whole orchestrator, and listeners of logged events."""
 
     def __init__(
-        self, url: str, *, username: str, password: str, receive_maximum: int, ca_file: str | None = None
+        self,
+        url: str,
+        *,
+        username: str,
+        password: str,
+        receive_maximum: int,
+        ca_file: str | None = None,
+        client_id: str = CLIENT_ID,
+        share_group: str | None = None,
     ) -> None:
         self.url = url
         self.ca_file = ca_file
+        # Several instances on one database share the broker: each has its own session, and takes its share
+        # of the messages that must be handled once (device requests, worker reports).
+        self.share_group = share_group
         self._login = (username, password)
         # No resend by the client after a reconnect: the event outbox publishes again from the durable log
         # whatever the broker did not acknowledge (a resend would be a second copy).
         self._mqtt = MqttConnection(
             url,
-            CLIENT_ID,
+            client_id,
             username=username,
             password=password,
             receive_maximum=receive_maximum,
@@ -97,8 +108,15 @@ class Bus:
         """Return once the broker connection is up."""
         await self._mqtt.wait_connected()
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler, *, no_local: bool = False) -> None:
-        """Handle messages on a filter (QoS 1; acknowledged when the handler returns, not if it raises)."""
+    def subscribe(
+        self, topic_filter: str, handler: MessageHandler, *, no_local: bool = False, once: bool = False
+    ) -> None:
+        """Handle messages on a filter (QoS 1; acknowledged when the handler returns, not if it raises).
+
+        `once`: with several instances, one of them gets each message (a shared subscription).
+        """
+        if once and self.share_group:
+            topic_filter = f"$share/{self.share_group}/{topic_filter}"
         self._mqtt.subscribe(topic_filter, handler, no_local=no_local)
 
     def on_connect(self, hook: ConnectedHook) -> None:

@@ -26,7 +26,7 @@ from .store import cluster as store
 
 log = logging.getLogger(__name__)
 LEASE = "reconciler"
-SAFETY_MARGIN_SECONDS = 2.0  # the leader stops acting this long before a follower may take over
+SAFETY_MARGIN_SECONDS = 2.0  # the leader stops acting this long before a follower may take over (at most)
 
 
 class ConfigurationMismatch(OrchestratorError):
@@ -173,7 +173,7 @@ class Cluster:
             log.info("leading (lease %s, token %d)", LEASE, taken.transitions)
             self.leading_since = taken.acquired_at
         self.token = taken.transitions
-        self._valid_until = before + self.lease_seconds - SAFETY_MARGIN_SECONDS
+        self._valid_until = before + self.lease_seconds - min(SAFETY_MARGIN_SECONDS, self.lease_seconds / 5)
         self._observed, self._observed_at = (taken.holder, taken.transitions, taken.renewed_at), before
 
     async def confirm(self) -> bool:

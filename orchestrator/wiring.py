@@ -9,12 +9,12 @@ from .broker.accounts import BrokerAccounts
 from .broker.managed import ManagedBroker
 from .broker.sessions import WorkerSessions
 from .broker.watch import BrokerWatch
-from .bus import Bus
+from .bus import CLIENT_ID, Bus
 from .cluster import Cluster, Identity, secret_fingerprint, templates_fingerprint
 from .config import Settings
 from .db import Database
 from .events.log import EventLog
-from .events.outbox import Outbox
+from .events.outbox import CHECKPOINT_TOPIC, Outbox
 from .handler.core import Handler
 from .integrations.recorder import IntegrationRecorder
 from .reconciler import Reconciler
@@ -71,12 +71,16 @@ class Orchestrator:
         admin_token = settings.persistent_secret("admin.token", settings.admin_token)
         broker_settings = settings.broker
         admin_password = settings.persistent_secret("broker.password", broker_settings.password)
+        # On SQLite one instance runs (its data directory is locked); on PostgreSQL several may share the broker.
+        clustered = not settings.resolved_database_url.startswith("sqlite")
         bus = Bus(
             broker_settings.url,
             username=broker_settings.username,
             password=admin_password,
             receive_maximum=settings.handler.receive_maximum,
             ca_file=str(broker_settings.ca_file) if broker_settings.ca_file else None,
+            client_id=f"orchestrator-{settings.instance_id}" if clustered else CLIENT_ID,
+            share_group="orchestrator" if clustered else None,
         )
         broker = None
         if broker_settings.mode == "managed":
@@ -85,14 +89,15 @@ class Orchestrator:
         watch = BrokerWatch(bus)
         event_log = EventLog(db, settings.events)
         sessions = WorkerSessions(db, bus, box, broker, watch, accounts)
-        outbox = Outbox(event_log, bus, sessions)
+        checkpoint = f"{CHECKPOINT_TOPIC}/{settings.instance_id}" if clustered else CHECKPOINT_TOPIC
+        outbox = Outbox(event_log, bus, sessions, checkpoint)
         handler = Handler(settings.handler, db, bus, outbox)
         recorder = IntegrationRecorder(db, bus, outbox)
         runtime = make_runtime(settings, allowed_images=templates.images)
         reconciler = Reconciler(
             settings=settings, db=db, bus=bus, runtime=runtime, templates=templates, box=box, cluster=cluster
         )
-        keys = KeyService(db, accounts, box, admin_token)
+        keys = KeyService(db, bus, accounts, box, admin_token)
         services = Services(
             applications=ApplicationService(db, handler, reconciler, keys),
             keys=keys,
@@ -144,6 +149,7 @@ class Orchestrator:
         """Migrate, write broker accounts, start the broker, load the registry, connect, reconcile."""
         self.db.migrate()
         await self.cluster.join()  # refuses a configuration the running instances do not share
+        self.cluster.start()
         if len(self.box.keys) > 1:
             count = await self.db.run(integration_store.reseal_secrets, self.box)
             log.info("secrets of %d integrations sealed with the first ORCH_SECRET_KEY; the others can go", count)
@@ -159,7 +165,6 @@ class Orchestrator:
         self.accounts.start()
         await self.bus.start()
         await self.accounts.ready(1)  # workers log in with their keys: their accounts come first
-        self.cluster.start()
         self.reconciler.start()
         log.info(
             "orchestrator ready: API on %s, runtime %s, broker %s (%s)%s",

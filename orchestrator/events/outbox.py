@@ -55,10 +55,13 @@ def describe(err: BaseException) -> str:
 class Outbox:
     """Logs events in batches, announces them on the bus, publishes them in log order, and publishes again."""
 
-    def __init__(self, log: EventLog, bus: Bus, sessions: SessionGuard) -> None:
+    def __init__(
+        self, log: EventLog, bus: Bus, sessions: SessionGuard, checkpoint_topic: str = CHECKPOINT_TOPIC
+    ) -> None:
         self.log = log
         self.bus = bus
         self.sessions = sessions
+        self.checkpoint_topic = checkpoint_topic  # one per instance when several share the broker
         self.failure: str | None = None  # why the log cannot be written, while it cannot
         self.published_through = 0  # every event with a topic up to this id was acknowledged by the broker
         self.republished = 0  # events published again after a broker or orchestrator restart
@@ -70,7 +73,7 @@ class Outbox:
         self._broker_checkpoints: dict[int, int | None] = {}  # per bus connection: the first checkpoint seen
         self._checkpoint_sent = -1
         self._tasks: list[asyncio.Task[None]] = []
-        bus.subscribe(CHECKPOINT_TOPIC, self._on_checkpoint, no_local=True)
+        bus.subscribe(checkpoint_topic, self._on_checkpoint, no_local=True)
         bus.on_connect(self._on_connect)
 
     @property
@@ -251,7 +254,7 @@ class Outbox:
     def _checkpoint_future(self) -> asyncio.Future[None]:
         self._checkpoint_sent = self.published_through
         body: dict[str, Any] = {"log_id": self.published_through, "time": utcnow().isoformat()}
-        return self.bus.publish_nowait(CHECKPOINT_TOPIC, json.dumps(body), retain=True)
+        return self.bus.publish_nowait(self.checkpoint_topic, json.dumps(body), retain=True)
 
     async def _send_checkpoint(self) -> None:
         await self._checkpoint_future()

@@ -30,6 +30,7 @@ from .uplinks import UplinkRejected, normalize, parse_submission
 log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_SECONDS = 30.0
 DEVICE_REQUESTS = ("up/push", "down/push", "down/replace")
+APPLICATIONS_TOPIC = "orchestrator/changed/applications"  # between instances on one database
 
 
 class Handler:
@@ -45,7 +46,11 @@ class Handler:
         self._pending: set[tuple[str, str]] = set()  # devices with queued downlinks
         self._expiry_task: asyncio.Task[None] | None = None
         for suffix in DEVICE_REQUESTS:
-            bus.subscribe(f"{topics.PREFIX}/+/devices/+/{suffix}", self._on_device_request)
+            bus.subscribe(f"{topics.PREFIX}/+/devices/+/{suffix}", self._on_device_request, once=True)
+        # Other instances on the same database change the registry too: their events keep this one in step.
+        bus.subscribe(f"{topics.PREFIX}/+/devices/+/events/+", self._on_device_event, no_local=True)
+        bus.subscribe(f"{topics.PREFIX}/+/devices/+/down/queued", self._on_downlink_queued, no_local=True)
+        bus.subscribe(APPLICATIONS_TOPIC, self._on_application_change, no_local=True)
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -83,11 +88,52 @@ class Handler:
         return device
 
     def application_added(self, app_id: str) -> None:
-        """Know a new application (its devices' messages are accepted from now on)."""
+        """Know a new application (its devices' messages are accepted from now on); tell the other instances."""
         self._applications.add(app_id)
+        self._announce_application(app_id, removed=False)
 
     def application_removed(self, app_id: str) -> None:
-        """Forget a deleted application and its devices."""
+        """Forget a deleted application and its devices; tell the other instances."""
+        self._forget_application(app_id)
+        self._announce_application(app_id, removed=True)
+
+    def _announce_application(self, app_id: str, *, removed: bool) -> None:
+        if self.bus.connected:
+            self.bus.publish_nowait(APPLICATIONS_TOPIC, orjson.dumps({"application_id": app_id, "removed": removed}))
+
+    async def _on_application_change(self, topic: str, payload: bytes) -> None:
+        try:
+            change = orjson.loads(payload)
+            app_id, removed = str(change["application_id"]), bool(change["removed"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignoring a malformed application change on %s", topic)
+            return
+        if removed:
+            self._forget_application(app_id)
+        else:
+            self._applications.add(app_id)
+
+    async def _on_device_event(self, topic: str, payload: bytes) -> None:
+        """Another instance created, changed or deleted a device: the cache follows (no event: it made one)."""
+        try:
+            event = orjson.loads(payload)
+            action, device = event["event"], event["device"]
+            key = (str(device["application_id"]), str(device["device_id"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return  # not a registry change (or not ours to read)
+        if action == "delete":
+            self._devices.pop(key, None)
+            self._pending.discard(key)
+        elif action in ("create", "update"):
+            self._devices[key] = device
+
+    async def _on_downlink_queued(self, topic: str, payload: bytes) -> None:
+        """Another instance queued a downlink: this one looks for it at the device's next uplink."""
+        parts = topic.split("/")
+        if len(parts) > 3:
+            self._pending.add((parts[1], parts[3]))
+
+    def _forget_application(self, app_id: str) -> None:
         self._applications.discard(app_id)
         for key in [key for key in self._devices if key[0] == app_id]:
             self._devices.pop(key, None)

@@ -97,8 +97,8 @@ class IntegrationRecorder:
     def __init__(self, db: Database, bus: Bus, outbox: Outbox) -> None:
         self.db = db
         self.outbox = outbox
-        bus.subscribe(topics.integration_topic("+", "+", "events/+"), self._on_event)
-        bus.subscribe(topics.integration_topic("+", "+", "stats"), self._on_stats)
+        bus.subscribe(topics.integration_topic("+", "+", "events/+"), self._on_event, once=True)
+        bus.subscribe(topics.integration_topic("+", "+", "stats"), self._on_stats, once=True)
 
     async def _on_event(self, topic: str, payload: bytes) -> None:
         await _acknowledged(self._record_event, topic, payload)

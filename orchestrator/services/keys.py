@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from .. import keys as key_rules
 from ..broker import dynsec
 from ..broker.accounts import BrokerAccounts
+from ..bus import Bus
 from ..db import Database
 from ..db.models import ApiKey
 from ..errors import AuthenticationError, OrchestratorError, PermissionDenied
@@ -17,6 +18,7 @@ from ..secretbox import SecretBox
 from ..store import keys as store
 
 log = logging.getLogger(__name__)
+KEYS_TOPIC = "orchestrator/changed/keys"  # between instances on one database
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,18 @@ class CachedKey:
 class KeyService:
     """Application keys, the in-memory key cache, and the broker accounts that follow them."""
 
-    def __init__(self, db: Database, accounts: BrokerAccounts, box: SecretBox, admin_token: str) -> None:
+    def __init__(self, db: Database, bus: Bus, accounts: BrokerAccounts, box: SecretBox, admin_token: str) -> None:
         self.db = db
+        self.bus = bus
         self.accounts = accounts
         self.box = box
         self.admin_token = admin_token
         self._cache: dict[str, CachedKey] = {}
+        # Another instance on the same database made or revoked a key: this one's cache follows.
+        bus.subscribe(KEYS_TOPIC, self._on_keys_changed, no_local=True)
+
+    async def _on_keys_changed(self, topic: str, payload: bytes) -> None:
+        await self.refresh()
 
     async def refresh(self) -> None:
         """Reload every key into the cache (at start, and after any key changed)."""
@@ -77,7 +85,9 @@ class KeyService:
         """A key was made or revoked: the API at once; the broker before this returns if it is connected,
         else (or if that fails) in the background as soon as it can be."""
         await self.refresh()
-        if not self.accounts.bus.connected:
+        if self.bus.connected:
+            self.bus.publish_nowait(KEYS_TOPIC, b"{}")
+        if not self.bus.connected:
             self.accounts.sync_soon()
             return
         try:

@@ -7,17 +7,25 @@ with real orchestrator processes on one PostgreSQL database.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from orchestrator.cluster import Cluster, ConfigurationMismatch, Identity
 from orchestrator.db import Database
-from tests.support.orchestrator import RunningOrchestrator, fresh_database, start_fails
+from tests.support.broker import ExternalBroker
+from tests.support.mqtt import MqttProbe
+from tests.support.orchestrator import POSTGRES_ENV, RunningOrchestrator, fresh_database, start_fails
+from tests.support.sink import HttpSink
+from tests.support.waiting import wait_for
 
 LEASE_SECONDS = 3.0
+APP = "shared-app"
 
 
 @pytest.fixture
@@ -102,3 +110,59 @@ def test_orchestrators_on_postgresql_show_the_leader_and_refuse_another_secret_k
         assert line.startswith(f"cannot start: ORCH_SECRET_KEY: instance {cluster['instance']}")
     finally:
         leader.stop()
+
+
+def test_two_instances_share_one_database_and_one_broker(
+    tmp_path: Path, mosquitto: str, postgres_server: str, monkeypatch: pytest.MonkeyPatch, sink: HttpSink
+) -> None:
+    monkeypatch.setenv(POSTGRES_ENV, postgres_server)
+    broker = ExternalBroker(tmp_path / "broker", mosquitto).start()
+    shared = {
+        **broker.orchestrator_settings(),
+        "ORCH_DATABASE_URL": fresh_database()["ORCH_DATABASE_URL"],
+        "ORCH_SECRET_KEY": Fernet.generate_key().decode(),
+        "ORCH_ADMIN_TOKEN": "admin-" + os.urandom(8).hex(),
+        "ORCH_LEASE_SECONDS": "4",
+        "ORCH_BROKER__MOSQUITTO_BINARY": mosquitto,
+    }
+    first = RunningOrchestrator(tmp_path / "a", device_url=broker.plain_url, **shared).start()
+    second = RunningOrchestrator(tmp_path / "b", device_url=broker.plain_url, **shared).start()
+    try:
+        cluster = first.call("GET", "/api/v1/cluster", 200).json()
+        assert cluster["leader"]["instance"] == cluster["instance"] and len(cluster["instances"]) == 2, cluster
+        assert not second.call("GET", "/api/v1/cluster", 200).json()["leading"]
+
+        # Changes through the instance that does not lead: the leader starts the worker.
+        second.create_application(APP)
+        second.create_device(APP, "dev-1")
+        second.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url})
+        second.wait_state(APP, "hook", "running")
+        key = second.create_key(APP, "uplinks:write", "devices:read")
+        device = MqttProbe(broker.plain_url, ".".join(key.split(".")[:2]), key)
+        for n in range(300):
+            device.publish(f"v3/{APP}/devices/dev-1/up/push", {"f_port": 1, "f_cnt": n})
+        device.close()
+        # Each uplink is handled by one instance: every one arrives, none twice.
+        wait_for(lambda: len(sink.accepted()) >= 300, 60, what="300 uplinks at the sink")
+        time.sleep(1)
+        counts = [request.json()["uplink_message"]["f_cnt"] for request in sink.accepted()]
+        assert sorted(counts) == list(range(300))
+        # Each instance knows what the other changed: a device made on one takes uplinks on the other, a key
+        # made on one opens the other's API.
+        first.create_device(APP, "dev-2")
+        second.uplink(APP, "dev-2", {"f_port": 2, "f_cnt": 1000})
+        headers = {"Authorization": f"Bearer {key}"}
+        wait_for(
+            lambda: httpx.get(f"{first.url}/api/v1/applications/{APP}/devices", headers=headers).status_code == 200
+        )
+
+        # The leader stops: the other leads at once (the lease is given up) and runs the worker again.
+        first.stop()
+        wait_for(lambda: second.call("GET", "/api/v1/cluster", 200).json()["leading"], 10, what="a new leader")
+        second.wait_state(APP, "hook", "running", timeout=60)
+        second.uplink(APP, "dev-1", {"f_port": 1, "f_cnt": 2000})
+        wait_for(lambda: 2000 in [r.json()["uplink_message"]["f_cnt"] for r in sink.accepted()], 30, what="f_cnt 2000")
+    finally:
+        first.stop()
+        second.stop()
+        broker.stop()

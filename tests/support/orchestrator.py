@@ -81,7 +81,7 @@ class RunningOrchestrator:
                 return False
 
         wait_for(healthy, timeout, what="the orchestrator to be healthy")
-        self.token = (self.data_dir / "admin.token").read_text().strip()
+        self.token = self.env.get("ORCH_ADMIN_TOKEN") or (self.data_dir / "admin.token").read_text().strip()
         self.api = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
         return self
 
