@@ -58,10 +58,11 @@ def secret_fingerprint(secret_key: str) -> str:
 class Cluster:
     """This instance's heartbeat, the other instances, and the leader's lease."""
 
-    def __init__(self, db: Database, identity: Identity, lease_seconds: float) -> None:
+    def __init__(self, db: Database, identity: Identity, lease_seconds: float, *, own_broker: bool = False) -> None:
         self.db = db
         self.identity = identity
         self.lease_seconds = lease_seconds
+        self.own_broker = own_broker  # a managed broker: no other instance can share it
         self.token: int | None = None  # the lease's transitions while we hold it
         self.leading_since: datetime | None = None
         self._valid_until = 0.0  # monotonic: after this we do not act without a renewal
@@ -88,6 +89,11 @@ class Cluster:
             for instance in await self.db.run(store.live_instances, seen_since=seen_since)
             if instance.id != self.instance_id
         ]
+        if others and self.own_broker:
+            raise ConfigurationMismatch(
+                f"ORCH_BROKER__MODE: instance {others[0].id} ({others[0].api_url}) runs on this database; instances "
+                "share one external broker (ORCH_BROKER__MODE=external), not each a managed one"
+            )
         for other in others:
             if other.templates_fingerprint != self.identity.templates_fingerprint:
                 raise ConfigurationMismatch(
@@ -150,12 +156,13 @@ class Cluster:
 
     async def step(self) -> None:
         """One round: renew the lease we hold, or take it over if it is free or expired, or watch it."""
-        before = time.monotonic()
+        before = time.monotonic()  # the leader's validity counts from before its renewal is written
         lease = await self.db.run(store.get_lease, LEASE)
+        seen = time.monotonic()  # a follower's observation counts from after the read (client-go does the same)
         record = (lease.holder, lease.transitions, lease.renewed_at) if lease else None
         if record != self._observed:
-            self._observed, self._observed_at = record, before
-        expired = lease is None or lease.holder is None or before - self._observed_at >= lease.duration_seconds
+            self._observed, self._observed_at = record, seen
+        expired = lease is None or lease.holder is None or seen - self._observed_at >= lease.duration_seconds
         taken = await self.db.run(
             store.acquire_or_renew,
             name=LEASE,
@@ -174,7 +181,7 @@ class Cluster:
             self.leading_since = taken.acquired_at
         self.token = taken.transitions
         self._valid_until = before + self.lease_seconds - min(SAFETY_MARGIN_SECONDS, self.lease_seconds / 5)
-        self._observed, self._observed_at = (taken.holder, taken.transitions, taken.renewed_at), before
+        self._observed, self._observed_at = (taken.holder, taken.transitions, taken.renewed_at), seen
 
     async def confirm(self) -> bool:
         """The fence, checked before every action of the leader: the lease is still ours, under our token."""

@@ -67,7 +67,7 @@ class Orchestrator:
             templates_fingerprint(templates.templates),
             secret_fingerprint(secret_key),
         )
-        cluster = Cluster(db, identity, settings.lease_seconds)
+        cluster = Cluster(db, identity, settings.lease_seconds, own_broker=settings.broker.mode == "managed")
         admin_token = settings.persistent_secret("admin.token", settings.admin_token)
         broker_settings = settings.broker
         admin_password = settings.persistent_secret("broker.password", broker_settings.password)
@@ -178,8 +178,8 @@ class Orchestrator:
     async def stop(self) -> None:
         """Stop reconciling, then the runtime's own workers, the event flow, the connection and the broker."""
         await self.reconciler.stop()
-        await self.cluster.stop()
         await self.runtime.close()
+        await self.cluster.stop()  # the lease goes once this instance's workers are stopped: no overlap
         await self.outbox.stop()
         await self.accounts.stop()
         await self.handler.stop()

@@ -34,6 +34,7 @@ def acquire_or_renew(
         return lease
     if lease.holder == me:
         lease.renewed_at = now
+        lease.duration_seconds = duration  # followers judge expiry by the holder's duration
         return lease
     current: LeaseRecord = (lease.holder, lease.transitions, lease.renewed_at)
     if lease.holder is None or (expired and current == observed):

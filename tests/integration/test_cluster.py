@@ -93,7 +93,7 @@ async def test_an_instance_with_other_templates_or_another_secret_key_is_refused
     await member(database, "d").join()  # the same configuration joins
 
 
-def test_orchestrators_on_postgresql_show_the_leader_and_refuse_another_secret_key(
+def test_an_orchestrator_on_postgresql_shows_the_leader_and_a_second_with_its_own_broker_is_refused(
     tmp_path: Path, mosquitto: str, postgres_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ORCH_TEST_POSTGRES_URL", postgres_server)
@@ -106,8 +106,9 @@ def test_orchestrators_on_postgresql_show_the_leader_and_refuse_another_secret_k
         assert cluster["leading"] and cluster["leader"]["instance"] == cluster["instance"]
         assert [item["id"] for item in cluster["instances"]] == [cluster["instance"]]
         assert leader.call("GET", "/healthz", 200).json()["cluster"]["leader"]["instance"] == cluster["instance"]
+        # A second instance with a managed broker of its own could share nothing with the first.
         line = start_fails(tmp_path / "b", mosquitto, ORCH_DATABASE_URL=database_url)
-        assert line.startswith(f"cannot start: ORCH_SECRET_KEY: instance {cluster['instance']}")
+        assert line.startswith(f"cannot start: ORCH_BROKER__MODE: instance {cluster['instance']}")
     finally:
         leader.stop()
 

@@ -27,6 +27,9 @@ def upgrade() -> None:
         sa.Column("transitions", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+    # The row exists from the start: instances then only ever update it, under a row lock (two first
+    # starts inserting it at once would collide).
+    op.execute("INSERT INTO leases (name, duration_seconds, transitions) VALUES ('reconciler', 10, 0)")
     op.create_table(
         "instances",
         sa.Column("id", sa.String(length=64), nullable=False),
