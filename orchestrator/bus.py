@@ -29,6 +29,7 @@ from .events.log import LoggedEvent
 log = logging.getLogger(__name__)
 LISTENER_QUEUE_SIZE = 10_000
 CLIENT_ID = "orchestrator-handler"
+LEAVE_SHARED_SECONDS = 0.5
 
 
 class Listener:
@@ -165,7 +166,15 @@ class Bus:
         )
 
     async def stop(self) -> None:
-        """Disconnect; the persistent session keeps what arrives meanwhile."""
+        """Disconnect; the persistent session keeps what arrives meanwhile.
+
+        With several instances, this one first leaves the shared subscriptions: the broker would otherwise
+        keep handing it its share of the messages, to wait in its session until it comes back.
+        """
+        shared = [topic_filter for topic_filter in self._mqtt.filters if topic_filter.startswith("$share/")]
+        if shared and self.connected:
+            self._mqtt.unsubscribe_now(shared)
+            await asyncio.sleep(LEAVE_SHARED_SECONDS)  # what was already on its way is handled and acknowledged
         await self._mqtt.disconnect()
 
     async def forget_sessions(self, client_ids: list[str]) -> None:

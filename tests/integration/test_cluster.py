@@ -161,8 +161,16 @@ def test_two_instances_share_one_database_and_one_broker(
         first.stop()
         wait_for(lambda: second.call("GET", "/api/v1/cluster", 200).json()["leading"], 10, what="a new leader")
         second.wait_state(APP, "hook", "running", timeout=60)
-        second.uplink(APP, "dev-1", {"f_port": 1, "f_cnt": 2000})
-        wait_for(lambda: 2000 in [r.json()["uplink_message"]["f_cnt"] for r in sink.accepted()], 30, what="f_cnt 2000")
+        # The stopped instance left the shared subscriptions: none of these waits in its session.
+        device = MqttProbe(broker.plain_url, ".".join(key.split(".")[:2]), key)
+        for n in range(2000, 2100):
+            device.publish(f"v3/{APP}/devices/dev-1/up/push", {"f_port": 1, "f_cnt": n})
+        device.close()
+
+        def after_stop() -> set[int]:
+            return {r.json()["uplink_message"]["f_cnt"] for r in sink.accepted()} & set(range(2000, 2100))
+
+        wait_for(lambda: len(after_stop()) == 100, 30, what="the 100 uplinks sent after the leader stopped")
     finally:
         first.stop()
         second.stop()

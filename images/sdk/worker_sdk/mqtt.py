@@ -195,6 +195,10 @@ class MqttConnection:
                 self._subscribe(topic_filter)
         self._handlers[topic_filter].append(handler)
 
+    def unsubscribe_now(self, topic_filters: list[str]) -> None:
+        """Unsubscribe for the rest of this connection (before a disconnect; a reconnect subscribes again)."""
+        self._client.unsubscribe(topic_filters)
+
     def _subscribe(self, topic_filter: str) -> None:
         identifier = self._filters.index(topic_filter) + 1
         self._client.subscribe(
