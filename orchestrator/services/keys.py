@@ -85,11 +85,10 @@ class KeyService:
         """A key was made or revoked: the API at once; the broker before this returns if it is connected,
         else (or if that fails) in the background as soon as it can be."""
         await self.refresh()
-        if self.bus.connected:
-            self.bus.publish_nowait(KEYS_TOPIC, b"{}")
         if not self.bus.connected:
             self.accounts.sync_soon()
             return
+        self.bus.publish_nowait(KEYS_TOPIC, b"{}")  # the other instances' caches
         try:
             report = await self.accounts.sync()
         except OrchestratorError as err:  # the key stands; the background sync keeps trying
