@@ -133,7 +133,15 @@ def test_the_things_stack_logins_work_within_the_keys_scopes(tmp_path: Path, mos
             assert client.subscribe(f"v3/{APP}/devices/+/up") == [1]
             assert client.subscribe("v3/other-app/#") == [NOT_AUTHORIZED]
             uplink(client, "dev-1", 7)
-            assert client.collect(1, topic_suffix="/up")[0][1]["uplink_message"]["f_cnt"] == 7
+            # The previous round's PUBACK probe sent an uplink too: look for this one among what arrives.
+            wait_for(
+                lambda probe=client: any(
+                    isinstance(body, dict) and body.get("uplink_message", {}).get("f_cnt") == 7
+                    for _, body in probe.collect(1, topic_suffix="/up")
+                ),
+                20,
+                what="the uplink with f_cnt 7",
+            )
             client.close()
             # uplinks:write, but not downlinks:write: the broker says "not authorized" to this publish only.
             assert puback_code(orch.mqtt_url, username, key, f"v3/{APP}/devices/dev-1/down/push") == NOT_AUTHORIZED
