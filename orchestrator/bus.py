@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,13 @@ log = logging.getLogger(__name__)
 LISTENER_QUEUE_SIZE = 10_000
 CLIENT_ID = "orchestrator-handler"
 LEAVE_SHARED_SECONDS = 0.5
+DRAIN_QUIET_SECONDS = 1.0  # a dead instance's session is drained once nothing arrived for this long
+DRAIN_MAX_SECONDS = 120.0
+
+
+def instance_client_id(instance_id: str) -> str:
+    """The broker session of one instance among several."""
+    return f"orchestrator-{instance_id}"
 
 
 class Listener:
@@ -80,6 +88,7 @@ class Bus:
         # of the messages that must be handled once (device requests, worker reports).
         self.share_group = share_group
         self._login = (username, password)
+        self._receive_maximum = receive_maximum
         # No resend by the client after a reconnect: the event outbox publishes again from the durable log
         # whatever the broker did not acknowledge (a resend would be a second copy).
         self._mqtt = MqttConnection(
@@ -165,17 +174,64 @@ class Bus:
             self.url, client_id, username=username, password=password, ca_file=self.ca_file, **options
         )
 
+    @property
+    def _shared_filters(self) -> list[str]:
+        return [topic_filter for topic_filter in self._mqtt.filters if topic_filter.startswith("$share/")]
+
     async def stop(self) -> None:
         """Disconnect; the persistent session keeps what arrives meanwhile.
 
-        With several instances, this one first leaves the shared subscriptions: the broker would otherwise
-        keep handing it its share of the messages, to wait in its session until it comes back.
+        With several instances, this one first leaves the shared subscriptions (the broker would otherwise
+        keep handing it its share of the messages, to wait in its session until it comes back), and ends
+        its session: another instance took its share, and the rest is only for an instance that runs.
         """
-        shared = [topic_filter for topic_filter in self._mqtt.filters if topic_filter.startswith("$share/")]
+        shared = self._shared_filters
         if shared and self.connected:
             self._mqtt.unsubscribe_now(shared)
             await asyncio.sleep(LEAVE_SHARED_SECONDS)  # what was already on its way is handled and acknowledged
-        await self._mqtt.disconnect()
+        await self._mqtt.disconnect(end_session=bool(self.share_group))
+
+    async def drain_session(self, client_id: str) -> int:
+        """Handle what the broker keeps for the session of an instance that died, then end that session.
+
+        Its share of the messages handled once (device requests, worker reports) waits there, and more keeps
+        arriving while the session has its shared subscriptions: taking the session over hands them to our
+        handlers. Returns how many messages were handled.
+        """
+        shared = self._shared_filters
+        connection = self.connection_as(client_id, *self._login, receive_maximum=self._receive_maximum, reconnect=False)
+        handled = 0
+        last = time.monotonic()
+
+        def counted(handlers: list[MessageHandler]) -> MessageHandler:
+            async def handle(topic: str, payload: bytes) -> None:
+                nonlocal handled, last
+                for handler in handlers:
+                    await handler(topic, payload)
+                handled, last = handled + 1, time.monotonic()
+
+            return handle
+
+        for topic_filter in shared:
+            connection.subscribe(topic_filter, counted(self._mqtt.handlers(topic_filter)))
+        try:
+            await connection.connect(timeout=10)
+            started = time.monotonic()
+            while connection.is_connected and time.monotonic() - last < DRAIN_QUIET_SECONDS:
+                if time.monotonic() - started > DRAIN_MAX_SECONDS:
+                    break
+                await asyncio.sleep(0.1)
+            if connection.is_connected:
+                connection.unsubscribe_now(shared)
+                await asyncio.sleep(LEAVE_SHARED_SECONDS)
+                await connection.disconnect(end_session=True)
+            else:
+                log.warning("the session %s was taken back by its owner while drained", client_id)
+        except (MqttError, TimeoutError, OSError) as err:
+            log.warning("could not drain the broker session %s: %s", client_id, err)
+            await connection.disconnect()
+            raise BrokerError(f"could not take over the broker session {client_id}: {err}") from err
+        return handled
 
     async def forget_sessions(self, client_ids: list[str]) -> None:
         """End the broker sessions of workers that are gone for good, and the messages queued for them.

@@ -55,7 +55,11 @@ def serve(host: str | None, port: int | None) -> None:
         if old in os.environ:
             click.echo(f"warning: {old} is no longer read; {instead}", err=True)
     lock = _lock_data_dir(settings.data_dir)  # held until the process exits
-    app = create_app(settings, start_with_app=False)
+    try:
+        app = create_app(settings, start_with_app=False)
+    except OrchestratorError as err:  # e.g. the database does not answer
+        click.echo(f"cannot start: {err.detail}", err=True)
+        sys.exit(2)
     token_file = settings.data_dir / "admin.token"
     if settings.admin_token is None:
         click.echo(f"Admin token: in {token_file} (export TOKEN=$(cat {token_file}))")

@@ -15,9 +15,10 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from .db import Database
 from .db.models import Instance, utcnow
@@ -27,6 +28,12 @@ from .store import cluster as store
 log = logging.getLogger(__name__)
 LEASE = "reconciler"
 SAFETY_MARGIN_SECONDS = 2.0  # the leader stops acting this long before a follower may take over (at most)
+
+
+class Successor(Protocol):
+    """Takes over what an instance that died leaves behind (see `succession`)."""
+
+    async def take_over(self, instance_id: str, published_through: int) -> None: ...
 
 
 class ConfigurationMismatch(OrchestratorError):
@@ -58,11 +65,25 @@ def secret_fingerprint(secret_key: str) -> str:
 class Cluster:
     """This instance's heartbeat, the other instances, and the leader's lease."""
 
-    def __init__(self, db: Database, identity: Identity, lease_seconds: float, *, own_broker: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        identity: Identity,
+        lease_seconds: float,
+        *,
+        own_broker: bool = False,
+        progress: Callable[[int], int] | None = None,
+        successor: Successor | None = None,
+    ) -> None:
         self.db = db
         self.identity = identity
         self.lease_seconds = lease_seconds
         self.own_broker = own_broker  # a managed broker: no other instance can share it
+        # Given the newest id in the log: up to which id this instance's events are all published.
+        self.progress = progress
+        self.successor = successor
+        self._beats: dict[str, tuple[datetime, float]] = {}  # per other instance: its last seen_at, when it changed
+        self._succession: asyncio.Task[None] | None = None
         self.token: int | None = None  # the lease's transitions while we hold it
         self.leading_since: datetime | None = None
         self._valid_until = 0.0  # monotonic: after this we do not act without a renewal
@@ -80,6 +101,10 @@ class Cluster:
     def leading(self) -> bool:
         """True while this instance holds the lease and its last renewal is recent enough to act on."""
         return self.token is not None and time.monotonic() < self._valid_until
+
+    def others_alive(self) -> list[str]:
+        """The other instances seen within a lease's duration, as of the last round."""
+        return [item["id"] for item in self.snapshot.get("instances", []) if item["id"] != self.instance_id]
 
     async def join(self) -> None:
         """At start: refuse a configuration other instances do not share, say we run, try to lead."""
@@ -114,15 +139,22 @@ class Cluster:
         """Beat and renew (or watch) the lease every third of its duration."""
         self._task = asyncio.create_task(self._loop())
 
-    async def stop(self) -> None:
-        """Stop; a leader gives the lease up so another instance leads at once."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    async def stop(self, *, published_all: bool = True) -> None:
+        """Stop; a leader gives the lease up so another instance leads at once.
+
+        An instance whose events are not all published stays on record (the leader publishes them).
+        """
+        for task in (self._task, self._succession):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         try:
             if self.token is not None:
                 await self.db.run(store.release, name=LEASE, me=self.instance_id)
-            await self.db.run(store.forget_instance, instance_id=self.instance_id)
+            if published_all:
+                await self.db.run(store.forget_instance, instance_id=self.instance_id)
+            else:
+                await self._beat()
         except OrchestratorError as err:
             log.warning("could not leave the cluster cleanly: %s", err.detail)
         self.token = None
@@ -134,6 +166,7 @@ class Cluster:
                 await self._beat()
                 await self.step()
                 self.snapshot = await self.report()
+                await self._succeed_the_dead()
             except OrchestratorError as err:  # the database is away: a leader stops acting once its lease ran out
                 log.warning("cluster: %s", err.detail)
                 if self.token is not None and not self.leading:
@@ -143,6 +176,9 @@ class Cluster:
                 log.exception("cluster step failed")
 
     async def _beat(self) -> None:
+        published_through = 0
+        if self.progress is not None:
+            published_through = self.progress(await self.db.run(store.newest_event_id))
         now = utcnow()
         instance = Instance(
             id=self.instance_id,
@@ -151,8 +187,47 @@ class Cluster:
             seen_at=now,
             templates_fingerprint=self.identity.templates_fingerprint,
             secret_fingerprint=self.identity.secret_fingerprint,
+            published_through=published_through,
         )
         await self.db.run(store.heartbeat, instance=instance)
+
+    async def _succeed_the_dead(self) -> None:
+        """The leader takes over from instances whose heartbeat stopped for a lease's duration (by its clock).
+
+        Every instance watches the heartbeats, so a follower that becomes leader because the leader died
+        takes over from it at once.
+        """
+        now = time.monotonic()
+        dead = []
+        instances = await self.db.run(store.all_instances)
+        self._beats = {key: value for key, value in self._beats.items() if key in {i.id for i in instances}}
+        for instance in instances:
+            if instance.id == self.instance_id:
+                continue
+            seen = self._beats.get(instance.id)
+            if seen is None or seen[0] != instance.seen_at:
+                self._beats[instance.id] = (instance.seen_at, now)
+            elif now - seen[1] >= self.lease_seconds:
+                dead.append(instance)
+        if not dead or not self.leading or self.successor is None:
+            return
+        if self._succession is None or self._succession.done():  # one at a time; the next round looks again
+            self._succession = asyncio.create_task(self._take_over(dead))
+
+    async def _take_over(self, dead: list[Instance]) -> None:
+        assert self.successor is not None
+        for instance in dead:
+            try:
+                if not await self.confirm():
+                    return
+                await self.successor.take_over(instance.id, instance.published_through)
+                # Forgotten only if it did not come back meanwhile (it beats again, and is live again).
+                await self.db.run(store.forget_instance, instance_id=instance.id, seen_at=instance.seen_at)
+                self._beats.pop(instance.id, None)
+            except OrchestratorError as err:
+                log.warning("could not take over from instance %s yet: %s", instance.id, err.detail)
+            except Exception:
+                log.exception("could not take over from instance %s", instance.id)
 
     async def step(self) -> None:
         """One round: renew the lease we hold, or take it over if it is free or expired, or watch it."""

@@ -108,6 +108,11 @@ class RuntimeSettings(BaseModel):
     stable_after_seconds: float = Field(60.0, gt=0, description="Running this long resets the back-off")
     stop_timeout_seconds: float = Field(15.0, gt=0)
     log_max_bytes: int = Field(1_000_000, description="Process runtime: log file size before rotation")
+    process_dir: Path | None = Field(
+        None,
+        description="Process runtime: where workers' records and logs live (default data_dir/process); "
+        "instances on one host share it, so the leader adopts the workers another instance started",
+    )
     docker: DockerSettings = DockerSettings()
 
 

@@ -119,9 +119,13 @@ class Reconciler:
         replicas = self._connected.get((record.application_id, record.id), {})
         return all(replicas.get(replica, False) for replica in range(record.replicas))
 
-    def request_restart(self, name: str) -> None:
-        """Restart this worker on the next pass (the API's restart)."""
-        self._restart.add(name)
+    async def restart(self, app_id: str, integration_id: str) -> None:
+        """Replace this integration's worker with a fresh one (the API's restart), here or by the leader."""
+        if not self.cluster.leading:
+            await self._ask_leader({"application_id": app_id, "integration_id": integration_id, "restart": True})
+            return
+        self._restart.add(Integration(application_id=app_id, id=integration_id).runtime_name)
+        await self.reconcile_one(app_id, integration_id)
 
     async def _fence(self) -> None:
         """Before every action: NotLeader unless the lease is still ours (a paused old leader must not act)."""
@@ -147,6 +151,8 @@ class Reconciler:
                     application_id=str(item["application_id"]), id=str(item["id"]), replicas=int(item["replicas"])
                 )
                 await self.remove(record)
+            elif request.get("restart") is True:
+                await self.restart(str(request["application_id"]), str(request["integration_id"]))
             else:
                 await self.reconcile_one(str(request["application_id"]), str(request["integration_id"]))
         except (ValueError, KeyError, TypeError, RecursionError):

@@ -9,12 +9,13 @@ from .broker.accounts import BrokerAccounts
 from .broker.managed import ManagedBroker
 from .broker.sessions import WorkerSessions
 from .broker.watch import BrokerWatch
-from .bus import CLIENT_ID, Bus
+from .bus import CLIENT_ID, Bus, instance_client_id
 from .cluster import Cluster, Identity, secret_fingerprint, templates_fingerprint
 from .config import Settings
 from .db import Database
 from .events.log import EventLog
 from .events.outbox import CHECKPOINT_TOPIC, Outbox
+from .events.tail import LogTail
 from .handler.core import Handler
 from .integrations.recorder import IntegrationRecorder
 from .reconciler import Reconciler
@@ -27,8 +28,10 @@ from .services.events import EventService
 from .services.health import HealthService
 from .services.integrations import IntegrationService
 from .services.keys import KeyService
+from .store import cluster as cluster_store
 from .store import integrations as integration_store
 from .store import keys as key_store
+from .succession import Succession
 from .templates import TemplateRegistry
 
 log = logging.getLogger(__name__)
@@ -52,12 +55,15 @@ class Orchestrator:
     box: SecretBox
     cluster: Cluster
     services: Services
+    tail: LogTail | None  # with several instances: follows every instance's events for this one's listeners
 
     @classmethod
     def build(cls, settings: Settings) -> Orchestrator:
         """Create the parts (nothing is started yet)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url)
+        db.migrate()
+        cluster_id = db.run_now(cluster_store.cluster_id)  # the runtimes label workers with it
         templates = TemplateRegistry(settings.templates_dir).load()
         secret_key = settings.persistent_secret("secret.key", settings.secret_key, factory="fernet")
         box = SecretBox(secret_key)
@@ -67,7 +73,6 @@ class Orchestrator:
             templates_fingerprint(templates.templates),
             secret_fingerprint(secret_key),
         )
-        cluster = Cluster(db, identity, settings.lease_seconds, own_broker=settings.broker.mode == "managed")
         admin_token = settings.persistent_secret("admin.token", settings.admin_token)
         broker_settings = settings.broker
         admin_password = settings.persistent_secret("broker.password", broker_settings.password)
@@ -79,7 +84,7 @@ class Orchestrator:
             password=admin_password,
             receive_maximum=settings.handler.receive_maximum,
             ca_file=str(broker_settings.ca_file) if broker_settings.ca_file else None,
-            client_id=f"orchestrator-{settings.instance_id}" if clustered else CLIENT_ID,
+            client_id=instance_client_id(settings.instance_id) if clustered else CLIENT_ID,
             share_group="orchestrator" if clustered else None,
         )
         broker = None
@@ -87,13 +92,23 @@ class Orchestrator:
             broker = ManagedBroker(broker_settings, settings.data_dir / "mosquitto", admin_password, bus)
         accounts = BrokerAccounts(db, bus, box, broker_settings.username, broker_settings.tenant)
         watch = BrokerWatch(bus)
-        event_log = EventLog(db, settings.events)
+        event_log = EventLog(db, settings.events, settings.instance_id)
         sessions = WorkerSessions(db, bus, box, broker, watch, accounts)
         checkpoint = f"{CHECKPOINT_TOPIC}/{settings.instance_id}" if clustered else CHECKPOINT_TOPIC
-        outbox = Outbox(event_log, bus, sessions, checkpoint)
+        # With several instances each listener follows the log's tail, which has every instance's events.
+        outbox = Outbox(event_log, bus, sessions, checkpoint, announce=not clustered)
+        tail = LogTail(event_log, bus) if clustered else None
+        cluster = Cluster(
+            db,
+            identity,
+            settings.lease_seconds,
+            own_broker=settings.broker.mode == "managed",
+            progress=outbox.covered_through,
+            successor=Succession(bus, outbox) if clustered else None,
+        )
         handler = Handler(settings.handler, db, bus, outbox)
         recorder = IntegrationRecorder(db, bus, outbox)
-        runtime = make_runtime(settings, allowed_images=templates.images)
+        runtime = make_runtime(settings, allowed_images=templates.images, cluster=cluster_id)
         reconciler = Reconciler(
             settings=settings, db=db, bus=bus, runtime=runtime, templates=templates, box=box, cluster=cluster
         )
@@ -143,13 +158,20 @@ class Orchestrator:
             box,
             cluster,
             services,
+            tail,
         )
 
     async def start(self) -> None:
-        """Migrate, write broker accounts, start the broker, load the registry, connect, reconcile."""
-        self.db.migrate()
+        """Write broker accounts, start the broker, load the registry, connect, reconcile (migrated at build)."""
         await self.cluster.join()  # refuses a configuration the running instances do not share
         self.cluster.start()
+        if self.tail is not None and not self.settings.public_url:
+            log.warning(
+                "several instances may share this database, but ORCH_PUBLIC_URL is not set: workers get this "
+                "instance's own API address (%s) and are started again by whichever instance leads next; set "
+                "it to an address that reaches every instance (a load balancer or a Kubernetes Service)",
+                self.settings.api_url,
+            )
         if len(self.box.keys) > 1:
             count = await self.db.run(integration_store.reseal_secrets, self.box)
             log.info("secrets of %d integrations sealed with the first ORCH_SECRET_KEY; the others can go", count)
@@ -162,6 +184,8 @@ class Orchestrator:
             self.broker.supervise()
         await self.handler.start()  # the registry is in memory before the first message arrives
         self.outbox.start()
+        if self.tail is not None:
+            await self.tail.start()
         self.accounts.start()
         await self.bus.start()
         await self.accounts.ready(1)  # workers log in with their keys: their accounts come first
@@ -176,11 +200,19 @@ class Orchestrator:
         )
 
     async def stop(self) -> None:
-        """Stop reconciling, then the runtime's own workers, the event flow, the connection and the broker."""
+        """Stop reconciling, then the runtime's own workers, the event flow, the connection and the broker.
+
+        With other instances running, the workers keep running: the next leader adopts them.
+        """
         await self.reconciler.stop()
-        await self.runtime.close()
-        await self.cluster.stop()  # the lease goes once this instance's workers are stopped: no overlap
+        others = self.cluster.others_alive()
+        await self.runtime.close(keep_workers=bool(others) or not self.cluster.leading)
         await self.outbox.stop()
+        # The lease goes once this instance's workers are stopped (no overlap); the record once its events
+        # are all published (else the leader publishes what is left).
+        await self.cluster.stop(published_all=self.outbox.backlog == 0)
+        if self.tail is not None:
+            await self.tail.stop()
         await self.accounts.stop()
         await self.handler.stop()
         await self.bus.stop()

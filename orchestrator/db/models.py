@@ -183,6 +183,7 @@ class EventRecord(Base):
         Index("ix_events_application", "application_id", "id"),
         Index("ix_events_device", "application_id", "device_id", "id"),
         Index("ix_events_time", "application_id", "time"),
+        Index("ix_events_instance", "instance_id", "id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -194,6 +195,7 @@ class EventRecord(Base):
     time: Mapped[datetime] = mapped_column(UtcDateTime)
     topic: Mapped[str | None] = mapped_column(String(255), nullable=True)  # where it goes on MQTT, if anywhere
     data: Mapped[str] = mapped_column(Text)
+    instance_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which instance logged it
 
 
 class EventRetention(Base):
@@ -229,3 +231,13 @@ class Instance(Base):
     seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
     templates_fingerprint: Mapped[str] = mapped_column(String(64))
     secret_fingerprint: Mapped[str] = mapped_column(String(64))
+    # Every event it logged up to this id was acknowledged by the broker (as of its last heartbeat).
+    published_through: Mapped[int] = mapped_column(LogId, default=0, server_default="0")
+
+
+class ClusterRecord(Base):
+    """The one row that names the cluster of instances on this database (workers carry it as a label)."""
+
+    __tablename__ = "clusters"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)

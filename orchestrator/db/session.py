@@ -54,13 +54,17 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration."""
+        """Bring the schema to the newest migration; DatabaseUnavailable if the database does not answer."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         config.attributes["connection_url"] = self.url
-        with self.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except OperationalError as err:
+            original = str(err.orig).splitlines()[0] if err.orig else str(err)
+            raise DatabaseUnavailable(f"the database cannot be used: {original}") from err
         log.info("database schema is current (%s)", self.engine.url.render_as_string(hide_password=True))
 
     @contextmanager
@@ -78,18 +82,18 @@ class Database:
 
     async def run(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run `function(session, ...)` as one unit of work: committed if it returns, rolled back if it raises."""
-
-        def call() -> T:
-            try:
-                with self.session() as session:
-                    return function(session, *args, **kwargs)
-            except OperationalError as err:  # down, locked or full: not the caller's mistake, and it passes
-                original = str(err.orig).splitlines()[0] if err.orig else str(err)
-                raise DatabaseUnavailable(f"the database cannot be used right now: {original}") from err
-
         if self.inline:
-            return call()
-        return await asyncio.to_thread(call)
+            return self.run_now(function, *args, **kwargs)
+        return await asyncio.to_thread(self.run_now, function, *args, **kwargs)
+
+    def run_now(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """`run`, blocking the caller (at start-up, before the event loop serves anything)."""
+        try:
+            with self.session() as session:
+                return function(session, *args, **kwargs)
+        except OperationalError as err:  # down, locked or full: not the caller's mistake, and it passes
+            original = str(err.orig).splitlines()[0] if err.orig else str(err)
+            raise DatabaseUnavailable(f"the database cannot be used right now: {original}") from err
 
 
 RETRY_DELAY_MAX_SECONDS = 10.0

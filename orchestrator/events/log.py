@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from ..config import EventSettings
 from ..db import Database
-from ..db.models import Application, EventRecord, EventRetention, utcnow
+from ..db.models import Application, EventRecord, EventRetention, Instance, utcnow
 
 log = logging.getLogger(__name__)
 PRUNE_CHUNK = 5_000  # rows per delete statement, so one pass never holds the database for long
@@ -83,7 +83,10 @@ def _logged(record: EventRecord) -> LoggedEvent:
 # -- database functions (run through Database.run) ---------------------------------------------------
 
 
-def insert_events(session: Session, events: list[NewEvent], at: datetime) -> list[int]:
+EVENT_ORDER_LOCK = 7_262_001  # a PostgreSQL advisory lock: events commit in the order of their ids
+
+
+def insert_events(session: Session, events: list[NewEvent], at: datetime, instance_id: str | None) -> list[int]:
     """Insert a batch in one statement; returns the ids, in order."""
     rows = [
         {
@@ -94,6 +97,7 @@ def insert_events(session: Session, events: list[NewEvent], at: datetime) -> lis
             "time": at,
             "topic": event.topic,
             "data": event.data,
+            "instance_id": instance_id,
         }
         for event in events
     ]
@@ -102,12 +106,18 @@ def insert_events(session: Session, events: list[NewEvent], at: datetime) -> lis
         # executemany takes a third of the time SQLAlchemy's bulk insert does (measured: ~4 vs ~12 us a row).
         stored = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")  # as SQLAlchemy stores DateTime in SQLite
         session.connection().exec_driver_sql(
-            "INSERT INTO events (application_id, name, device_id, integration_id, time, topic, data) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(e.application_id, e.name, e.device_id, e.integration_id, stored, e.topic, e.data) for e in events],
+            "INSERT INTO events (application_id, name, device_id, integration_id, time, topic, data, instance_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (e.application_id, e.name, e.device_id, e.integration_id, stored, e.topic, e.data, instance_id)
+                for e in events
+            ],
         )
         last = int(session.execute(text("SELECT last_insert_rowid()")).scalar_one())
         return list(range(last - len(events) + 1, last + 1))
+    # Several instances write at once: held until commit, the lock makes ids and commits follow one order,
+    # so a reader that sees an id has seen every id before it (the event stream resumes after an id exactly).
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_ORDER_LOCK})
     statement = insert(EventRecord).returning(EventRecord.id, sort_by_parameter_order=True)
     return list(session.execute(statement, rows).scalars())
 
@@ -135,15 +145,34 @@ def read_events(session: Session, app_id: str, query: EventQuery) -> list[Logged
     return [_logged(record) for record in session.scalars(statement.order_by(order).limit(query.limit))]
 
 
-def publishable_after(session: Session, after_id: int, limit: int) -> list[LoggedEvent]:
-    """Events with an MQTT topic after an id, oldest first: what to publish again after a broker lost some."""
+def publishable_after(session: Session, after_id: int, limit: int, instance_id: str | None) -> list[LoggedEvent]:
+    """One instance's events with an MQTT topic after an id, oldest first: what to publish again.
+
+    Events logged before instances were recorded (no instance) count as every instance's.
+    """
     statement = (
         select(EventRecord)
-        .where(EventRecord.id > after_id, EventRecord.topic.is_not(None))
+        .where(
+            EventRecord.id > after_id,
+            EventRecord.topic.is_not(None),
+            or_(EventRecord.instance_id == instance_id, EventRecord.instance_id.is_(None)),
+        )
         .order_by(EventRecord.id)
         .limit(limit)
     )
     return [_logged(record) for record in session.scalars(statement)]
+
+
+def events_after(session: Session, after_id: int, limit: int) -> list[LoggedEvent]:
+    """Every instance's events after an id, oldest first (the tail other instances follow)."""
+    statement = select(EventRecord).where(EventRecord.id > after_id).order_by(EventRecord.id).limit(limit)
+    return [_logged(record) for record in session.scalars(statement)]
+
+
+def published_floor(session: Session) -> int | None:
+    """The lowest id up to which every recorded instance had its events acknowledged (None: no instance yet)."""
+    value = session.scalar(select(func.min(Instance.published_through)))
+    return None if value is None else int(value)
 
 
 def newest_id(session: Session) -> int:
@@ -202,19 +231,26 @@ class EventLog:
 
     db: Database
     settings: EventSettings
+    instance_id: str | None = None  # recorded with every event this instance logs
     pruned: int = 0  # events removed by retention since start
 
     async def insert(self, events: list[NewEvent], at: datetime) -> list[int]:
         """Write a batch durably; returns the ids. Raises what the database raises."""
-        return await self.db.run(insert_events, events, at)
+        return await self.db.run(insert_events, events, at, self.instance_id)
 
     async def read(self, app_id: str, query: EventQuery) -> list[LoggedEvent]:
         """A page of an application's events."""
         return await self.db.run(read_events, app_id, query)
 
-    async def publishable_after(self, after_id: int, limit: int = 1000) -> list[LoggedEvent]:
-        """Events with a topic after an id, oldest first."""
-        return await self.db.run(publishable_after, after_id, limit)
+    async def publishable_after(
+        self, after_id: int, limit: int = 1000, *, instance_id: str | None = None
+    ) -> list[LoggedEvent]:
+        """This instance's (or the given one's) events with a topic after an id, oldest first."""
+        return await self.db.run(publishable_after, after_id, limit, instance_id or self.instance_id)
+
+    async def after(self, after_id: int, limit: int = 1000) -> list[LoggedEvent]:
+        """Every instance's events after an id, oldest first."""
+        return await self.db.run(events_after, after_id, limit)
 
     async def newest_id(self) -> int:
         """The newest id in the log."""
@@ -225,7 +261,12 @@ class EventLog:
         return await self.db.run(pruned_through, app_id)
 
     async def prune(self, protect_after: int) -> int:
-        """Apply retention to every application once, sparing events after `protect_after`; returns how many went."""
+        """Apply retention to every application once, sparing events after `protect_after`; returns how many went.
+
+        Other instances' unpublished events are spared too (as far as their last heartbeat said).
+        """
+        floor = await self.db.run(published_floor)
+        protect_after = protect_after if floor is None else min(protect_after, floor)
         cutoff = utcnow() - timedelta(days=self.settings.retention_days)
         app_ids = await self.db.run(lambda session: list(session.scalars(select(Application.id))))
         removed = 0

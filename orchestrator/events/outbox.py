@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -56,12 +57,20 @@ class Outbox:
     """Logs events in batches, announces them on the bus, publishes them in log order, and publishes again."""
 
     def __init__(
-        self, log: EventLog, bus: Bus, sessions: SessionGuard, checkpoint_topic: str = CHECKPOINT_TOPIC
+        self,
+        log: EventLog,
+        bus: Bus,
+        sessions: SessionGuard,
+        checkpoint_topic: str = CHECKPOINT_TOPIC,
+        *,
+        announce: bool = True,
     ) -> None:
         self.log = log
         self.bus = bus
         self.sessions = sessions
         self.checkpoint_topic = checkpoint_topic  # one per instance when several share the broker
+        # Off with several instances: the log's tail then announces every instance's events, in id order.
+        self.announce = announce
         self.failure: str | None = None  # why the log cannot be written, while it cannot
         self.published_through = 0  # every event with a topic up to this id was acknowledged by the broker
         self.republished = 0  # events published again after a broker or orchestrator restart
@@ -72,6 +81,7 @@ class Outbox:
         self._replayed_connection = 0  # the bus connection whose broker state the log was last replayed onto
         self._broker_checkpoints: dict[int, int | None] = {}  # per bus connection: the first checkpoint seen
         self._checkpoint_sent = -1
+        self._writing = False
         self._tasks: list[asyncio.Task[None]] = []
         bus.subscribe(checkpoint_topic, self._on_checkpoint, no_local=True)
         bus.on_connect(self._on_connect)
@@ -126,6 +136,7 @@ class Outbox:
     async def _write(self, batch: list[tuple[NewEvent, asyncio.Future[LoggedEvent]]]) -> None:
         events = [event for event, _ in batch]
         at = utcnow()
+        self._writing = True
         try:
             ids = await self.log.insert(events, at)
         except Exception as err:  # whatever it is, every sender waiting on this batch must hear of it
@@ -135,6 +146,8 @@ class Outbox:
                 if not future.done():
                     future.set_exception(DatabaseUnavailable(self.failure))
             return
+        finally:
+            self._writing = False
         if self.failure:
             log.info("the event log can be written again")
         self.failure = None
@@ -145,7 +158,8 @@ class Outbox:
         for (_, future), event in zip(batch, logged, strict=True):
             if not future.done():
                 future.set_result(event)
-        self.bus.announce(logged)
+        if self.announce:
+            self.bus.announce(logged)
         publishable = [event for event in logged if event.topic]
         if publishable:
             self._to_publish.extend(publishable)
@@ -160,8 +174,11 @@ class Outbox:
                 if self._replay_needed:
                     await self._replay(self.bus.connections)
                 elif self._to_publish:
-                    batch = [self._to_publish.popleft() for _ in range(min(MAX_BATCH, len(self._to_publish)))]
+                    # Left in the queue until acknowledged: what is queued says what is not published yet.
+                    batch = list(itertools.islice(self._to_publish, MAX_BATCH))
                     await self._publish(batch)
+                    while self._to_publish and self._to_publish[0].id <= batch[-1].id:
+                        self._to_publish.popleft()
                 else:
                     self._publishable.clear()
                     await self._publishable.wait()
@@ -177,14 +194,37 @@ class Outbox:
     def _replay_needed(self) -> bool:
         return self._replayed_connection != self.bus.connections
 
-    async def _publish(self, events: list[LoggedEvent]) -> None:
+    async def _publish(self, events: list[LoggedEvent], *, own: bool = True) -> None:
         """Publish in order and wait for the acknowledgements; MqttError if the connection went meanwhile."""
         # Room left for others' publishes on the connection (the checkpoint, downlinks, the TEST button).
         window = max(1, min(MAX_BATCH, self.bus.send_window - SEND_HEADROOM))
         for start in range(0, len(events), window):
             chunk = events[start : start + window]
             await self.bus.publish_in_order([(event.topic or "", event.data) for event in chunk])
-            self.published_through = max(self.published_through, chunk[-1].id)
+            if own:
+                self.published_through = max(self.published_through, chunk[-1].id)
+
+    def covered_through(self, newest: int) -> int:
+        """Every event this instance logged up to this id was acknowledged by the broker.
+
+        `newest` is the newest id committed to the log: any of ours below it is written, so it is either
+        published or still queued here.
+        """
+        if self._replay_needed or self._writing:  # a batch being written may be committed and not queued yet
+            return min(self.published_through, newest)
+        if self._to_publish:
+            return min(self._to_publish[0].id - 1, newest)
+        return max(self.published_through, newest)
+
+    async def publish_for(self, instance_id: str, after_id: int) -> int:
+        """Publish the events another instance logged after `after_id` (it died before the broker had them all)."""
+        cursor, count = after_id, 0
+        while page := await self.log.publishable_after(cursor, MAX_BATCH, instance_id=instance_id):
+            await self.bus.wait_connected()
+            await self._publish(page, own=False)
+            cursor, count = page[-1].id, count + len(page)
+        self.republished += count
+        return count
 
     async def _replay(self, connection: int) -> None:
         """Publish again every logged event the broker's checkpoint does not cover."""

@@ -16,21 +16,26 @@ log = logging.getLogger(__name__)
 __all__ = ["DockerRuntime", "ProcessRuntime", "Runtime", "WorkerSpec", "WorkerState", "WorkerStatus", "make_runtime"]
 
 
-def make_runtime(settings: Settings, allowed_images: Callable[[], set[str]] | None = None) -> Runtime:
-    """The runtime the settings ask for; `auto` picks Docker when an engine answers, else processes."""
+def make_runtime(
+    settings: Settings, allowed_images: Callable[[], set[str]] | None = None, cluster: str | None = None
+) -> Runtime:
+    """The runtime the settings ask for; `auto` picks Docker when an engine answers, else processes.
+
+    `cluster` names the workers every instance on one database shares.
+    """
     kind = settings.runtime.kind
     if kind in ("auto", "docker"):
         reason = docker_available()
         if reason is None:
             log.info("runtime: docker (a Docker engine answered)")
-            return DockerRuntime(settings, allowed_images=allowed_images)
+            return DockerRuntime(settings, allowed_images=allowed_images, cluster=cluster)
         if kind == "docker":
             raise RuntimeFailure(f"ORCH_RUNTIME__KIND=docker but {reason}")
         log.info("runtime: process (%s)", reason)
     else:
         log.info("runtime: process (ORCH_RUNTIME__KIND=process)")
     return ProcessRuntime(
-        settings.data_dir / "process",
+        settings.runtime.process_dir or settings.data_dir / "process",
         stop_timeout=settings.runtime.stop_timeout_seconds,
         log_max_bytes=settings.runtime.log_max_bytes,
     )

@@ -114,5 +114,5 @@ class Runtime(abc.ABC):
         """Addresses besides our own where the broker and API must listen for workers to reach them."""
         return []
 
-    async def close(self) -> None:  # noqa: B027 - optional hook, most runtimes have nothing to release
-        """Release clients; called when the orchestrator stops."""
+    async def close(self, *, keep_workers: bool = False) -> None:  # noqa: B027 - optional hook
+        """Release clients; called when the orchestrator stops (`keep_workers`: another instance adopts them)."""

@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 LABEL = "io.iot-orchestrator"
 MANAGED = f"{LABEL}.managed"
-INSTANCE = f"{LABEL}.instance"
+INSTANCE = f"{LABEL}.instance"  # the instance that started it (for people; any instance of the cluster adopts it)
+CLUSTER = f"{LABEL}.cluster"
 MAX_NAME = 63
 HOST_ALIAS = "host.docker.internal"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -62,10 +63,11 @@ def container_name(runtime_name: str, replica: int, config_hash: str) -> str:
     return f"{name[: MAX_NAME - 11].rstrip('-')}-{digest}"
 
 
-def container_labels(spec: WorkerSpec, replica: int, instance: str) -> dict[str, str]:
+def container_labels(spec: WorkerSpec, replica: int, instance: str, cluster: str) -> dict[str, str]:
     """What identifies a container as ours (never a secret: only ids, versions and a hash)."""
     return {
         MANAGED: "true",
+        CLUSTER: cluster,
         INSTANCE: instance,
         f"{LABEL}.name": spec.name,
         f"{LABEL}.application": spec.application_id,
@@ -77,13 +79,15 @@ def container_labels(spec: WorkerSpec, replica: int, instance: str) -> dict[str,
     }
 
 
-def container_options(spec: WorkerSpec, replica: int, network: str, instance: str) -> dict[str, Any]:
+def container_options(
+    spec: WorkerSpec, replica: int, network: str, instance: str, cluster: str | None = None
+) -> dict[str, Any]:
     """Arguments of `containers.run`: hardened by default (non-root, read-only, no capabilities, limits)."""
     options: dict[str, Any] = {
         "image": spec.image,
         "name": container_name(spec.name, replica, spec.config_hash),
         "environment": spec.replica_environment(replica),
-        "labels": container_labels(spec, replica, instance),
+        "labels": container_labels(spec, replica, instance, cluster or instance),
         "detach": True,
         "user": "65532:65532",
         "read_only": True,
@@ -111,9 +115,17 @@ class DockerRuntime(Runtime):
     name = "docker"
     supports_resource_limits = True
 
-    def __init__(self, settings: Settings, client: Any = None, allowed_images: Callable[[], set[str]] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any = None,
+        allowed_images: Callable[[], set[str]] | None = None,
+        cluster: str | None = None,
+    ):
         self.settings = settings.runtime.docker
         self.instance = settings.instance_id
+        # Every instance on one database sees the same containers: the leader adopts a dead leader's workers.
+        self.cluster = cluster or self.instance
         self.stop_timeout = int(settings.runtime.stop_timeout_seconds)
         self.client = client or docker.from_env(timeout=60)
         self.allowed_images = allowed_images
@@ -148,8 +160,8 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(f"the Docker engine failed: {_short(err)}") from err
 
     def _containers(self, name: str | None = None) -> list[Container]:
-        # Only this orchestrator's containers: several orchestrators may share one engine.
-        labels = [f"{MANAGED}=true", f"{INSTANCE}={self.instance}"] + ([f"{LABEL}.name={name}"] if name else [])
+        # Only this cluster's containers: several orchestrators (on other databases) may share one engine.
+        labels = [f"{MANAGED}=true", f"{CLUSTER}={self.cluster}"] + ([f"{LABEL}.name={name}"] if name else [])
         filters = {"label": labels}
         return list(self.client.containers.list(all=True, filters=filters))
 
@@ -188,7 +200,7 @@ class DockerRuntime(Runtime):
         current = {c.name: c for c in self._containers(spec.name) if c not in old}
         started = []
         for replica in range(spec.replicas):
-            options = container_options(spec, replica, self.settings.network, self.instance)
+            options = container_options(spec, replica, self.settings.network, self.instance, self.cluster)
             existing = current.pop(options["name"], None)
             if existing is not None:
                 _remove(existing, self.stop_timeout)  # same configuration but not running: start it afresh
@@ -315,7 +327,7 @@ class DockerRuntime(Runtime):
 
         return await self._call(collect)
 
-    async def close(self) -> None:
+    async def close(self, *, keep_workers: bool = False) -> None:
         """Containers keep running; only the client is closed."""
         await self._call(self.client.close)
 

@@ -50,13 +50,6 @@ class ProcessRuntime(Runtime):
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         for sub in ("run", "logs", "work"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
-        # The records on disk (for adoption after a crash), read once; this process keeps them current.
-        self._records: dict[str, dict[str, Any]] = {}
-        for path in (directory / "run").glob("*.json"):
-            try:
-                self._records[path.stem] = json.loads(path.read_text())
-            except (OSError, ValueError):
-                log.warning("ignoring unreadable worker record %s", path)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -67,7 +60,15 @@ class ProcessRuntime(Runtime):
         return self.directory / "logs" / f"{name}.{replica}.log"
 
     def _read_record(self, name: str) -> dict[str, Any] | None:
-        return self._records.get(name)
+        # Read from disk every time: another instance sharing the directory may have started or stopped it.
+        try:
+            record: dict[str, Any] = json.loads(self._record_path(name).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            log.warning("ignoring unreadable worker record %s", self._record_path(name))
+            return None
+        return record
 
     # -- contract ------------------------------------------------------------------------------
 
@@ -123,8 +124,9 @@ class ProcessRuntime(Runtime):
             "started_at": datetime.now(UTC).isoformat(),
             "replicas": replicas,
         }
-        self._record_path(spec.name).write_text(json.dumps(record))
-        self._records[spec.name] = record
+        path = self._record_path(spec.name)
+        path.with_suffix(".tmp").write_text(json.dumps(record))
+        path.with_suffix(".tmp").replace(path)  # whole or not at all, for the other instances reading it
         log.info("started %s: %s", spec.name, ", ".join(str(item["pid"]) for item in replicas))
         return {"pids": [item["pid"] for item in replicas]}
 
@@ -148,7 +150,6 @@ class ProcessRuntime(Runtime):
             if process is not None:
                 process.wait(timeout=5)
         self._record_path(name).unlink(missing_ok=True)
-        self._records.pop(name, None)
 
     async def status(self, name: str) -> WorkerStatus:
         """RUNNING while every replica's process lives; FAILED with exit code and last lines otherwise."""
@@ -215,11 +216,14 @@ class ProcessRuntime(Runtime):
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
 
     async def list_workers(self) -> dict[str, WorkerStatus]:
-        """Workers recorded on disk, including those a previous orchestrator started."""
-        return {name: await self.status(name) for name in list(self._records)}
+        """Workers recorded on disk, including those a previous orchestrator (or another instance) started."""
+        names = sorted(path.stem for path in (self.directory / "run").glob("*.json"))
+        return {name: await self.status(name) for name in names}
 
-    async def close(self) -> None:
-        """Stop every worker this runtime knows: process workers live and die with the orchestrator."""
+    async def close(self, *, keep_workers: bool = False) -> None:
+        """Stop every worker (they live and die with the orchestrator), unless another instance adopts them."""
+        if keep_workers:
+            return
         for name in list((await self.list_workers()).keys()):
             await self.stop(name)
 

@@ -159,9 +159,8 @@ class IntegrationService:
 
     async def restart(self, app_id: str, integration_id: str) -> IntegrationPublic:
         """Replace the worker with a fresh one."""
-        record = await self.db.run(store.get_integration, app_id, integration_id)
-        self.reconciler.request_restart(record.runtime_name)
-        await self.reconciler.reconcile_one(app_id, integration_id)
+        await self.db.run(store.get_integration, app_id, integration_id)  # 404 if there is none
+        await self.reconciler.restart(app_id, integration_id)
         return await self.get(app_id, integration_id)
 
     # -- watching ------------------------------------------------------------------------------

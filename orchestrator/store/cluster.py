@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..db.models import Instance, Lease, utcnow
+from ..db.models import ClusterRecord, EventRecord, Instance, Lease, utcnow
 
 LeaseRecord = tuple[str | None, int, datetime | None]  # holder, transitions, renewed_at: what a follower watches
 
@@ -67,6 +67,7 @@ def heartbeat(session: Session, *, instance: Instance) -> None:
     current.api_url, current.seen_at = instance.api_url, utcnow()
     current.templates_fingerprint = instance.templates_fingerprint
     current.secret_fingerprint = instance.secret_fingerprint
+    current.published_through = instance.published_through
 
 
 def live_instances(session: Session, *, seen_since: datetime) -> list[Instance]:
@@ -75,8 +76,23 @@ def live_instances(session: Session, *, seen_since: datetime) -> list[Instance]:
     return list(session.scalars(query))
 
 
-def forget_instance(session: Session, *, instance_id: str) -> None:
-    """Remove an instance that stopped cleanly."""
+def all_instances(session: Session) -> list[Instance]:
+    """Every instance on record, live or not."""
+    return list(session.scalars(select(Instance).order_by(Instance.started_at)))
+
+
+def forget_instance(session: Session, *, instance_id: str, seen_at: datetime | None = None) -> None:
+    """Remove an instance that stopped cleanly, or was taken over (if it was not seen since `seen_at`)."""
     current = session.get(Instance, instance_id)
-    if current is not None:
+    if current is not None and (seen_at is None or current.seen_at == seen_at):
         session.delete(current)
+
+
+def newest_event_id(session: Session) -> int:
+    """The newest id in the event log (0 if empty)."""
+    return int(session.scalar(select(func.max(EventRecord.id))) or 0)
+
+
+def cluster_id(session: Session) -> str:
+    """The cluster's id, made with the database."""
+    return session.scalars(select(ClusterRecord.id)).one()

@@ -251,7 +251,7 @@ def test_concurrent_stops_return_only_when_the_container_is_gone(tmp_path: Path,
 
     runtime = DockerRuntime(Settings(data_dir=tmp_path, runtime={"stop_timeout_seconds": 1}), client=engine)
     name = "race-app--race"
-    labels = {f"{LABEL}.managed": "true", f"{LABEL}.instance": runtime.instance, f"{LABEL}.name": name}
+    labels = {f"{LABEL}.managed": "true", f"{LABEL}.cluster": runtime.cluster, f"{LABEL}.name": name}
 
     def left() -> list[Any]:
         return list(engine.containers.list(all=True, filters={"label": f"{LABEL}.name={name}"}))

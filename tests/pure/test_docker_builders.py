@@ -40,7 +40,7 @@ def test_names_are_dns_safe_and_bounded() -> None:
 
 
 def test_labels_identify_but_never_carry_secrets() -> None:
-    labels = container_labels(spec(), 1, "inst1")
+    labels = container_labels(spec(), 1, "inst1", "c1")
     assert labels["io.iot-orchestrator.integration"] == "hook"
     assert labels["io.iot-orchestrator.replica"] == "1"
     assert labels["io.iot-orchestrator.config-hash"] == spec().config_hash

@@ -109,6 +109,7 @@ class MqttConnection:
         keepalive: int = 30,
         resend_after_reconnect: bool = True,
         acknowledge: bool = True,
+        reconnect: bool = True,
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
@@ -130,6 +131,9 @@ class MqttConnection:
         # Off for a connection that borrows someone else's session: what the broker hands it stays
         # unacknowledged, so the broker keeps it for the session's owner.
         self.acknowledge = acknowledge
+        # Off for a connection that takes over a session for a while: if its owner comes back and takes it
+        # again, the two must not take it from each other in turns.
+        self.reconnect = reconnect
         self._connections = 0
         self._closing = False
         self._hook_tasks: set[asyncio.Task[None]] = set()
@@ -195,6 +199,10 @@ class MqttConnection:
                 self._subscribe(topic_filter)
         self._handlers[topic_filter].append(handler)
 
+    def handlers(self, topic_filter: str) -> list[MessageHandler]:
+        """The handlers registered for a filter."""
+        return list(self._handlers.get(topic_filter, []))
+
     def unsubscribe_now(self, topic_filters: list[str]) -> None:
         """Unsubscribe for the rest of this connection (before a disconnect; a reconnect subscribes again)."""
         self._client.unsubscribe(topic_filters)
@@ -248,11 +256,12 @@ class MqttConnection:
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
 
-    async def disconnect(self) -> None:
-        """Close the connection cleanly (the session, if persistent, stays on the broker)."""
+    async def disconnect(self, *, end_session: bool = False) -> None:
+        """Close the connection cleanly (the session, if persistent, stays on the broker unless `end_session`)."""
         self._closing = True
+        properties = {"session_expiry_interval": 0} if end_session else {}
         try:
-            await asyncio.wait_for(self._client.disconnect(), 5)
+            await asyncio.wait_for(self._client.disconnect(**properties), 5)
         except Exception as err:  # already gone: nothing left to close
             log.debug("disconnect: %s", err)
         self._connected.clear()
@@ -327,6 +336,9 @@ class MqttConnection:
             task.add_done_callback(self._hook_tasks.discard)
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Exception | None = None) -> None:
+        if not self.reconnect:
+            self._closing = True
+            client._is_active = False  # gmqtt: no reconnect after this disconnect
         if self._connected.is_set() and not self._closing:
             log.warning("lost the MQTT broker connection; reconnecting")
             if self._watchdog is None or self._watchdog.done():
