@@ -92,6 +92,7 @@ class Cluster:
         self._started_at = utcnow()
         self._task: asyncio.Task[None] | None = None
         self.snapshot: dict[str, Any] = {}  # the last report, for /healthz (refreshed every round)
+        self.failure: str | None = None  # why the last round could not reach the database, while it cannot
 
     @property
     def instance_id(self) -> str:
@@ -167,8 +168,12 @@ class Cluster:
                 await self.step()
                 self.snapshot = await self.report()
                 await self._succeed_the_dead()
+                if self.failure:
+                    log.info("the database answers again")
+                self.failure = None
             except OrchestratorError as err:  # the database is away: a leader stops acting once its lease ran out
                 log.warning("cluster: %s", err.detail)
+                self.failure = err.detail
                 if self.token is not None and not self.leading:
                     log.error("lost the lead: the lease could not be renewed in time")
                     self.token = None

@@ -18,7 +18,7 @@ from ..templates import TemplateRegistry
 
 
 class HealthService:
-    """What /healthz reports: healthy while the broker is connected and the event log can be written."""
+    """What /healthz reports: healthy while the broker is connected and the database and event log can be written."""
 
     def __init__(
         self,
@@ -51,10 +51,12 @@ class HealthService:
         """Whether the orchestrator is healthy, and the details."""
         connected = self.bus.connected
         writable = self.outbox.failure is None
-        healthy = connected and writable
+        reachable = self.cluster.failure is None
+        healthy = connected and writable and reachable
         body: dict[str, Any] = {
             "status": "ok" if healthy else "degraded",
             "broker": "connected" if connected else "disconnected",
+            "database": {"status": "ok" if reachable else "failing", "error": self.cluster.failure},
             "event_log": {
                 "status": "ok" if writable else "failing",
                 "error": self.outbox.failure,

@@ -18,9 +18,13 @@ class QueueFull(Exception):
     """The device already has as many queued downlinks as allowed."""
 
 
-def queued(session: Session, app_id: str, device_id: str) -> list[QueuedDownlink]:
-    """The device's queue, in sending order (priority first, then age)."""
-    items = session.scalars(
+def queued(session: Session, app_id: str, device_id: str, *, take: bool = False) -> list[QueuedDownlink]:
+    """The device's queue, in sending order (priority first, then age).
+
+    `take`: lock the rows until commit, skipping any another instance holds (PostgreSQL), so two instances
+    handling two uplinks of one device at once never send the same downlink.
+    """
+    statement = (
         select(QueuedDownlink)
         .where(
             QueuedDownlink.application_id == app_id,
@@ -29,6 +33,9 @@ def queued(session: Session, app_id: str, device_id: str) -> list[QueuedDownlink
         )
         .order_by(QueuedDownlink.queued_at)
     )
+    if take:
+        statement = statement.with_for_update(skip_locked=True)
+    items = session.scalars(statement)
     return sorted(items, key=lambda item: -PRIORITY_RANK[item.body.get("priority", "NORMAL")])
 
 
@@ -63,7 +70,7 @@ def enqueue(
 
 def take_next(session: Session, *, app_id: str, device_id: str) -> tuple[QueuedDownlink | None, int]:
     """Mark the next queued downlink sent (class A: one per uplink); returns it and how many remain."""
-    items = queued(session, app_id, device_id)
+    items = queued(session, app_id, device_id, take=True)
     if not items:
         return None, 0
     item = items[0]
@@ -74,9 +81,12 @@ def take_next(session: Session, *, app_id: str, device_id: str) -> tuple[QueuedD
 def expire(session: Session, *, ttl_seconds: int) -> list[QueuedDownlink]:
     """Fail every downlink queued longer than the time to live."""
     cutoff = utcnow() - timedelta(seconds=ttl_seconds)
+    # Skipping rows another instance is expiring (or sending) right now: each fails once, with one event.
     items = list(
         session.scalars(
-            select(QueuedDownlink).where(QueuedDownlink.state == "queued", QueuedDownlink.queued_at < cutoff)
+            select(QueuedDownlink)
+            .where(QueuedDownlink.state == "queued", QueuedDownlink.queued_at < cutoff)
+            .with_for_update(skip_locked=True)
         )
     )
     for item in items:

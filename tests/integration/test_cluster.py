@@ -15,9 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.fernet import Fernet
+from sqlalchemy import select
 
 from orchestrator.cluster import Cluster, ConfigurationMismatch, Identity
 from orchestrator.db import Database
+from orchestrator.db.models import QueuedDownlink
 from tests.support.broker import ExternalBroker
 from tests.support.mqtt import MqttProbe
 from tests.support.orchestrator import POSTGRES_ENV, RunningOrchestrator, fresh_database, start_fails
@@ -175,3 +177,34 @@ def test_two_instances_share_one_database_and_one_broker(
         first.stop()
         second.stop()
         broker.stop()
+
+
+def test_two_instances_taking_a_devices_downlink_at_once_never_send_the_same_one(
+    postgres_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.db.models import Application, Device
+    from orchestrator.store import downlinks
+
+    monkeypatch.setenv(POSTGRES_ENV, postgres_server)
+    db = Database(fresh_database()["ORCH_DATABASE_URL"])
+    db.migrate()
+    try:
+        with db.session() as session:
+            session.add(Application(id=APP, name=APP))
+            session.add(Device(application_id=APP, device_id="dev-1"))
+        with db.session() as session:
+            downlinks.enqueue(
+                session, app_id=APP, device_id="dev-1", downlinks=[{"f_port": 1}], replace=False, limit=10
+            )
+        # Two uplinks of one device, handled by two instances at the same moment: one sends the downlink.
+        with db.session() as first:
+            taken, _ = downlinks.take_next(first, app_id=APP, device_id="dev-1")
+            with db.session() as second:
+                assert downlinks.take_next(second, app_id=APP, device_id="dev-1") == (None, 0)
+                assert downlinks.expire(second, ttl_seconds=0) == []  # nor does the other expire it meanwhile
+        assert taken is not None
+        with db.session() as session:
+            assert downlinks.take_next(session, app_id=APP, device_id="dev-1") == (None, 0)
+            assert [item.state for item in session.scalars(select(QueuedDownlink))] == ["sent"]
+    finally:
+        db.engine.dispose()

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import httpx
 import pytest
 from cryptography.fernet import Fernet
 
 from tests.support.broker import ExternalBroker
 from tests.support.mqtt import MqttProbe
 from tests.support.orchestrator import POSTGRES_ENV, RunningOrchestrator, fresh_database
+from tests.support.proxy import CuttableRelay
 from tests.support.sink import HttpSink
 from tests.support.waiting import wait_for
 
@@ -270,7 +272,6 @@ def test_a_leader_frozen_past_its_lease_does_not_act_when_it_resumes(cluster: Tw
 
 def read_stream(orch: RunningOrchestrator, app: str, last_id: str | None, count: int) -> list[dict[str, Any]]:
     """`count` uplink events from an instance's SSE stream (resuming after `last_id`)."""
-    import httpx
     from httpx_sse import connect_sse
 
     headers = {"Authorization": f"Bearer {orch.token}", **({"Last-Event-ID": last_id} if last_id else {})}
@@ -316,3 +317,59 @@ def test_an_event_stream_client_moving_to_the_other_instance_resumes_without_los
     ids = [event["id"] for event in received]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert sorted(event["data"]["uplink_message"]["f_cnt"] for event in received) == list(range(total))
+
+
+def test_a_leader_cut_off_from_the_database_stops_acting_answers_503_and_rejoins_without_duplicates(
+    tmp_path: Path, mosquitto: str, postgres_server: str, monkeypatch: pytest.MonkeyPatch, sink: HttpSink
+) -> None:
+    monkeypatch.setenv(POSTGRES_ENV, postgres_server)
+    database_url = fresh_database()["ORCH_DATABASE_URL"]
+    server_port = int(postgres_server.rsplit(":", 1)[1].split("/")[0])
+    relay = CuttableRelay(server_port).start()  # only the first instance reaches the database through it
+    app = f"ha-db-{os.urandom(3).hex()}"
+    broker = ExternalBroker(tmp_path / "broker", mosquitto).start()
+    shared = {
+        **broker.orchestrator_settings(),
+        "ORCH_SECRET_KEY": Fernet.generate_key().decode(),
+        "ORCH_ADMIN_TOKEN": "admin-" + os.urandom(8).hex(),
+        "ORCH_LEASE_SECONDS": str(LEASE_SECONDS),
+        "ORCH_RUNTIME__PROCESS_DIR": str(tmp_path / "workers"),
+    }
+    via_relay = database_url.replace(f":{server_port}/", f":{relay.port}/")
+    first = RunningOrchestrator(tmp_path / "a", device_url=broker.plain_url, **shared, ORCH_DATABASE_URL=via_relay)
+    second = RunningOrchestrator(tmp_path / "b", device_url=broker.plain_url, **shared, ORCH_DATABASE_URL=database_url)
+    for orch in (first, second):
+        orch.env["ORCH_PUBLIC_URL"] = second.url
+    ha = TwoInstances(first.start(), second.start(), broker, app, process_workers(tmp_path / "workers"))
+    try:
+        key = set_up(ha, sink, first)
+        before = wait_for(lambda: (w := ha.workers()) and len(w) == REPLICAS and w, 30, what="two workers")
+        with WorkerWatch(ha.workers) as watch:
+            relay.cut()
+            # The cut-off instance says what is wrong, in its API and its health; the other takes the lead.
+            response = first.call("GET", f"/api/v1/applications/{app}/integrations")
+            assert response.status_code == 503 and "database" in response.json()["detail"], response.text
+            wait_for(lambda: httpx.get(f"{first.url}/healthz").status_code == 503, LEASE_SECONDS * 2, what="503 health")
+            assert httpx.get(f"{first.url}/healthz").json()["database"]["status"] == "failing"
+            wait_for(
+                lambda: second.call("GET", "/api/v1/cluster", 200).json()["leading"],
+                LEASE_SECONDS * 3,
+                what="the other instance leading",
+            )
+            device = ha.device(key)
+            for n in range(200):  # some reach the cut-off instance: it keeps them until it can log them
+                device.publish(f"v3/{app}/devices/dev-1/up/push", {"f_port": 1, "f_cnt": n})
+            device.close()
+            time.sleep(LEASE_SECONDS)
+            relay.restore()
+            wait_for(lambda: httpx.get(f"{first.url}/healthz").status_code == 200, 30, what="healthy again")
+            assert not first.call("GET", "/api/v1/cluster", 200).json()["leading"]
+            wait_for(lambda: set(counts_at(sink)) >= set(range(200)), 60, what="200 uplinks at the sink")
+            time.sleep(LEASE_SECONDS)
+        # Nothing ran twice: the same two workers throughout, adopted by the new leader.
+        assert watch.most == REPLICAS and watch.last == before
+    finally:
+        for orch in (first, second):
+            orch.stop()
+        relay.cut()
+        broker.stop()

@@ -14,7 +14,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz")
 async def health(services: ServicesDep) -> JSONResponse:
-    """200 while the broker is connected and the event log can be written, 503 (naming what is wrong) otherwise."""
+    """200 while the broker is connected and the database answers, 503 (naming what is wrong) otherwise."""
     healthy, body = services.health.report()
     return JSONResponse(body, status_code=200 if healthy else 503)
 
