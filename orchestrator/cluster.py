@@ -72,6 +72,7 @@ class Cluster:
         lease_seconds: float,
         *,
         own_broker: bool = False,
+        single: bool = False,
         progress: Callable[[int], int] | None = None,
         successor: Successor | None = None,
     ) -> None:
@@ -79,6 +80,7 @@ class Cluster:
         self.identity = identity
         self.lease_seconds = lease_seconds
         self.own_broker = own_broker  # a managed broker: no other instance can share it
+        self.single = single  # SQLite: one instance only
         # Given the newest id in the log: up to which id this instance's events are all published.
         self.progress = progress
         self.successor = successor
@@ -103,8 +105,12 @@ class Cluster:
         """True while this instance holds the lease and its last renewal is recent enough to act on."""
         return self.token is not None and time.monotonic() < self._valid_until
 
-    def others_alive(self) -> list[str]:
-        """The other instances seen within a lease's duration, as of the last round."""
+    async def others_alive(self) -> list[str]:
+        """The other instances seen within a lease's duration (read now; as of the last round if it cannot be)."""
+        try:
+            self.snapshot = await self.report()
+        except OrchestratorError as err:
+            log.warning("could not see the other instances now: %s", err.detail)
         return [item["id"] for item in self.snapshot.get("instances", []) if item["id"] != self.instance_id]
 
     async def join(self) -> None:
@@ -115,6 +121,11 @@ class Cluster:
             for instance in await self.db.run(store.live_instances, seen_since=seen_since)
             if instance.id != self.instance_id
         ]
+        if others and self.single:
+            raise ConfigurationMismatch(
+                f"ORCH_DATABASE_URL: instance {others[0].id} ({others[0].api_url}) runs on this SQLite database; "
+                "SQLite serves one instance (one writer, on one machine); to run several, use PostgreSQL"
+            )
         if others and self.own_broker:
             raise ConfigurationMismatch(
                 f"ORCH_BROKER__MODE: instance {others[0].id} ({others[0].api_url}) runs on this database; instances "

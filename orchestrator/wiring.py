@@ -35,6 +35,7 @@ from .succession import Succession
 from .templates import TemplateRegistry
 
 log = logging.getLogger(__name__)
+KEY_RESYNC_SECONDS = 10.0  # with several instances: a key revoked on one stops working on all within this
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Orchestrator:
             identity,
             settings.lease_seconds,
             own_broker=settings.broker.mode == "managed",
+            single=not clustered,
             progress=outbox.covered_through,
             successor=Succession(bus, outbox) if clustered else None,
         )
@@ -176,6 +178,8 @@ class Orchestrator:
             count = await self.db.run(integration_store.reseal_secrets, self.box)
             log.info("secrets of %d integrations sealed with the first ORCH_SECRET_KEY; the others can go", count)
         await self.services.keys.refresh()
+        if self.tail is not None:
+            self.services.keys.start_resync(KEY_RESYNC_SECONDS)
         if self.broker is not None:
             if not self.settings.broker.worker_url:
                 self.broker.extra_hosts = self.runtime.extra_listen_addresses()
@@ -205,14 +209,15 @@ class Orchestrator:
         With other instances running, the workers keep running: the next leader adopts them.
         """
         await self.reconciler.stop()
-        others = self.cluster.others_alive()
+        others = await self.cluster.others_alive()
         await self.runtime.close(keep_workers=bool(others) or not self.cluster.leading)
         await self.outbox.stop()
         # The lease goes once this instance's workers are stopped (no overlap); the record once its events
         # are all published (else the leader publishes what is left).
-        await self.cluster.stop(published_all=self.outbox.backlog == 0)
+        await self.cluster.stop(published_all=self.outbox.all_published)
         if self.tail is not None:
             await self.tail.stop()
+        await self.services.keys.stop()
         await self.accounts.stop()
         await self.handler.stop()
         await self.bus.stop()

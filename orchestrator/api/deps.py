@@ -12,7 +12,11 @@ from ..services import Principal, Services
 bearer = HTTPBearer(auto_error=False, description="The admin token, or an application key (ik.…)")
 
 
-def get_services(request: Request) -> Services:
+# Both dependencies are `async def` although they await nothing: FastAPI runs a plain `def` dependency in a
+# worker thread, two thread hops per request that cost more than the work itself (a key check is one SHA-256).
+
+
+async def get_services(request: Request) -> Services:
     """The running orchestrator's services."""
     return request.app.state.services
 
@@ -20,7 +24,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_principal(
+async def get_principal(
     services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
     """Authenticate the bearer token: the admin token or a key (checked against its hash)."""

@@ -91,6 +91,11 @@ class Outbox:
         """Logged events not yet acknowledged by the broker."""
         return len(self._to_publish)
 
+    @property
+    def all_published(self) -> bool:
+        """Every event this instance logged was acknowledged by the broker."""
+        return not self._pending and not self._to_publish and not self._replay_needed
+
     async def emit(self, event: NewEvent) -> LoggedEvent:
         """Log an event durably (batched with others) and return it with its id; DatabaseUnavailable if it cannot be.
 

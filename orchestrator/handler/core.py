@@ -78,14 +78,23 @@ class Handler:
         """A registered device (no database access on the message path)."""
         return self._devices.get((app_id, device_id))
 
-    def require_device(self, app_id: str, device_id: str) -> dict[str, Any]:
-        """The device, or NotFoundError naming the application or the device that does not exist."""
-        if app_id not in self._applications:
-            raise NotFoundError("application", app_id)
+    async def require_device(self, app_id: str, device_id: str) -> dict[str, Any]:
+        """The device, or NotFoundError naming the application or the device that does not exist.
+
+        A miss is checked in the database: another instance may have made the device a moment ago, before its
+        notice arrived here.
+        """
         device = self._devices.get((app_id, device_id))
-        if device is None:
+        if device is not None and app_id in self._applications:
+            return device
+        app_known, found = await self.db.run(_lookup_device, app_id, device_id)
+        if not app_known:
+            raise NotFoundError("application", app_id)
+        self._applications.add(app_id)
+        if found is None:
             raise NotFoundError("device", device_id)
-        return device
+        self._devices[(app_id, device_id)] = found
+        return found
 
     def application_added(self, app_id: str) -> None:
         """Know a new application (its devices' messages are accepted from now on); tell the other instances."""
@@ -174,7 +183,7 @@ class Handler:
         DatabaseUnavailable (nothing emitted) when the log cannot be written.
         """
         try:
-            device = self.require_device(app_id, device_id)
+            device = await self.require_device(app_id, device_id)
             submission = parse_submission(body)
         except (UplinkRejected, NotFoundError) as err:
             await self._uplink_error(app_id, device_id, err, body)
@@ -225,7 +234,7 @@ class Handler:
     ) -> list[dict[str, Any]]:
         """Check and queue downlinks; returns them with ids. Failures emit `downlink.failed` and raise."""
         try:
-            request = self._check_downlinks(app_id, device_id, body)
+            request = await self._check_downlinks(app_id, device_id, body)
             records = await self.db.run(
                 downlinks.enqueue,
                 app_id=app_id,
@@ -257,8 +266,10 @@ class Handler:
                 log.error("downlink %s queued, but its event was not logged: %s", record.id, err.detail)
         return queued
 
-    def _check_downlinks(self, app_id: str, device_id: str, body: bytes | dict[str, Any]) -> list[dict[str, Any]]:
-        self.require_device(app_id, device_id)
+    async def _check_downlinks(
+        self, app_id: str, device_id: str, body: bytes | dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        await self.require_device(app_id, device_id)
         if isinstance(body, bytes | bytearray):
             try:
                 body = json.loads(body)
@@ -293,13 +304,13 @@ class Handler:
 
     async def queued_downlinks(self, app_id: str, device_id: str) -> list[dict[str, Any]]:
         """The device's queue, in sending order."""
-        self.require_device(app_id, device_id)
+        await self.require_device(app_id, device_id)
         items = await self.db.run(downlinks.queued, app_id, device_id)
         return [{"id": item.id, "queued_at": item.queued_at, **item.body} for item in items]
 
     async def clear_downlinks(self, app_id: str, device_id: str) -> int:
         """Drop the device's queue."""
-        self.require_device(app_id, device_id)
+        await self.require_device(app_id, device_id)
         count = await self.db.run(downlinks.clear, app_id=app_id, device_id=device_id)
         self._pending.discard((app_id, device_id))
         return count
@@ -309,8 +320,16 @@ class Handler:
             await asyncio.sleep(EXPIRY_INTERVAL_SECONDS)
             try:
                 await self.expire_downlinks()
+                await self._resync_applications()
             except Exception:
                 log.exception("downlink expiry failed; will try again")
+
+    async def _resync_applications(self) -> None:
+        """Reload the application ids: a change notice from another instance may have been lost on the way."""
+        current = set(await self.db.run(lambda session: list(session.scalars(select(Application.id)))))
+        for app_id in self._applications - current:
+            self._forget_application(app_id)
+        self._applications |= current
 
     async def expire_downlinks(self) -> None:
         """Fail downlinks that waited longer than their time to live."""
@@ -355,6 +374,14 @@ class Handler:
             await self.accept_uplink(app_id, device_id, payload)
         else:
             await self.push_downlinks(app_id, device_id, payload, replace=suffix == "down/replace")
+
+
+def _lookup_device(session: Session, app_id: str, device_id: str) -> tuple[bool, dict[str, Any] | None]:
+    """Whether the application exists, and the device's JSON if it does."""
+    if session.get(Application, app_id) is None:
+        return False, None
+    device = session.get(Device, (app_id, device_id))
+    return True, device_json(device) if device is not None else None
 
 
 def _excerpt(body: Any) -> str:

@@ -18,17 +18,15 @@ from worker_sdk.redact import Redactor
 
 from ..bus import Bus, Listener
 from ..db import Database
-from ..db.models import Integration, IntegrationActivity, IntegrationStats, utcnow
+from ..db.models import IntegrationActivity, IntegrationStats, utcnow
 from ..errors import ConflictError, ValidationFailed
 from ..handler.core import Handler
 from ..integrations.spec import resolve
 from ..reconciler import Reconciler
 from ..runtime.base import Runtime, WorkerState
 from ..schemas import (
-    IntegrationCounters,
     IntegrationCreate,
     IntegrationPublic,
-    IntegrationStatus,
     IntegrationTest,
     IntegrationUpdate,
     TestOutcome,
@@ -68,50 +66,51 @@ class IntegrationService:
         self.handler = handler
         self.runtime = runtime
 
-    def to_public(self, record: Integration) -> IntegrationPublic:
-        """The API view: configuration without secrets (only which secrets are set), status, counters."""
-        return IntegrationPublic(
-            id=record.id,
-            application_id=record.application_id,
-            name=record.name,
-            template_id=record.template_id,
-            template_version=record.template_version,
-            config=record.config,
-            secrets_set=sorted(self.box.open(record.secrets_encrypted, {})),
-            enabled=record.enabled,
-            replicas=record.replicas,
-            resources=record.resources,
-            status=IntegrationStatus(
-                desired=WorkerState.RUNNING if record.enabled else WorkerState.STOPPED,
-                actual=WorkerState(record.actual_state),
-                since=record.state_since,
-                last_error=record.last_error,
-                last_error_at=record.last_error_at,
-                restart_count=record.restart_count,
-                runtime=record.runtime,
-                handle=record.runtime_handle,
-            ),
-            counters=IntegrationCounters(
-                delivered=record.delivered,
-                failed=record.failed,
-                retried=record.retried,
-                duplicates=record.duplicates,
-                last_delivery_at=record.last_delivery_at,
-            ),
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-        )
+    def public(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The API view of an integration's `store.PUBLIC_COLUMNS`: configuration without secrets (only which
+        secrets are set), status, counters; plain data that IntegrationPublic validates."""
+        return {
+            "id": values["id"],
+            "application_id": values["application_id"],
+            "name": values["name"],
+            "template_id": values["template_id"],
+            "template_version": values["template_version"],
+            "config": values["config"],
+            "secrets_set": sorted(self.box.open(values["secrets_encrypted"], {})),
+            "enabled": values["enabled"],
+            "replicas": values["replicas"],
+            "resources": values["resources"],
+            "status": {
+                "desired": WorkerState.RUNNING if values["enabled"] else WorkerState.STOPPED,
+                "actual": values["actual_state"],
+                "since": values["state_since"],
+                "last_error": values["last_error"],
+                "last_error_at": values["last_error_at"],
+                "restart_count": values["restart_count"],
+                "runtime": values["runtime"],
+                "handle": values["runtime_handle"],
+            },
+            "counters": {
+                "delivered": values["delivered"],
+                "failed": values["failed"],
+                "retried": values["retried"],
+                "duplicates": values["duplicates"],
+                "last_delivery_at": values["last_delivery_at"],
+            },
+            "created_at": values["created_at"],
+            "updated_at": values["updated_at"],
+        }
 
     async def get(self, app_id: str, integration_id: str) -> IntegrationPublic:
         """One integration, or NotFoundError."""
-        return self.to_public(await self.db.run(store.get_integration, app_id, integration_id))
+        values = await self.db.run(store.public_integration, app_id, integration_id)
+        return IntegrationPublic.model_validate(self.public(values))
 
     async def page(self, app_id: str, *, limit: int, offset: int, state: WorkerState | None = None) -> dict[str, Any]:
-        """A page of an application's integrations, ordered by id, optionally in one state."""
-        records, total = await self.db.run(
-            store.page_integrations, app_id=app_id, limit=limit, offset=offset, state=state
-        )
-        return {"items": [self.to_public(r) for r in records], "total": total, "offset": offset, "limit": limit}
+        """A page of an application's integrations, ordered by id, optionally in one state (plain data: the route's
+        response model validates it once)."""
+        rows, total = await self.db.run(store.page_integrations, app_id=app_id, limit=limit, offset=offset, state=state)
+        return {"items": [self.public(row) for row in rows], "total": total, "offset": offset, "limit": limit}
 
     async def validate(self, app_id: str, data: IntegrationCreate) -> ValidationResult:
         """Check a configuration without creating anything: every problem, field by field."""
@@ -228,7 +227,7 @@ class IntegrationService:
         device_id = body.device_id
         if device_id is None:
             devices, _ = await self.db.run(device_store.list_devices, app_id=app_id, limit=1, offset=0)
-            device_id = devices[0].device_id if devices else "test-device"
+            device_id = devices[0]["device_id"] if devices else "test-device"
         device = self.handler.device(app_id, device_id) or {}
         correlation_id = f"test:{uuid.uuid4().hex}"
         received_at = now_iso()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from dataclasses import dataclass
@@ -65,8 +66,29 @@ class KeyService:
         self.box = box
         self.admin_token = admin_token
         self._cache: dict[str, CachedKey] = {}
+        self._resync: asyncio.Task[None] | None = None
         # Another instance on the same database made or revoked a key: this one's cache follows.
         bus.subscribe(KEYS_TOPIC, self._on_keys_changed, no_local=True)
+
+    def start_resync(self, interval: float) -> None:
+        """With other instances: reload the cache now and then too, so a lost change notice is not for ever
+        (a key revoked elsewhere stops working here within `interval`)."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await self.refresh()
+                except OrchestratorError as err:
+                    log.warning("could not reload the keys: %s", err.detail)
+
+        self._resync = asyncio.create_task(loop())
+
+    async def stop(self) -> None:
+        """Stop reloading."""
+        if self._resync is not None:
+            self._resync.cancel()
+            await asyncio.gather(self._resync, return_exceptions=True)
 
     async def _on_keys_changed(self, topic: str, payload: bytes) -> None:
         await self.refresh()

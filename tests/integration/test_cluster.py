@@ -208,3 +208,42 @@ def test_two_instances_taking_a_devices_downlink_at_once_never_send_the_same_one
             assert [item.state for item in session.scalars(select(QueuedDownlink))] == ["sent"]
     finally:
         db.engine.dispose()
+
+
+def test_a_key_revoked_by_another_instance_stops_working_even_if_its_notice_was_lost(
+    tmp_path: Path, mosquitto: str, postgres_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    monkeypatch.setenv(POSTGRES_ENV, postgres_server)
+    database_url = fresh_database()["ORCH_DATABASE_URL"]
+    orch = RunningOrchestrator(
+        tmp_path / "a", ORCH_BROKER__MOSQUITTO_BINARY=mosquitto, ORCH_DATABASE_URL=database_url
+    ).start()
+    try:
+        orch.create_application(APP)
+        key = orch.create_key(APP, "devices:read")
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(f"{orch.url}/api/v1/applications/{APP}/devices", headers=headers).status_code == 200
+        # Revoked as another instance would, but its notice never arrives: the periodic reload catches it.
+        with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as connection:
+            connection.execute("DELETE FROM api_keys")
+        wait_for(
+            lambda: httpx.get(f"{orch.url}/api/v1/applications/{APP}/devices", headers=headers).status_code == 401,
+            15,
+            what="the revoked key refused",
+        )
+    finally:
+        orch.stop()
+
+
+def test_a_second_instance_on_one_sqlite_database_is_refused_with_why(tmp_path: Path, mosquitto: str) -> None:
+    database_url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = RunningOrchestrator(
+        tmp_path / "a", ORCH_BROKER__MOSQUITTO_BINARY=mosquitto, ORCH_DATABASE_URL=database_url
+    ).start()
+    try:
+        line = start_fails(tmp_path / "b", mosquitto, ORCH_DATABASE_URL=database_url)
+        assert line.startswith("cannot start: ORCH_DATABASE_URL: instance ") and "use PostgreSQL" in line, line
+    finally:
+        first.stop()

@@ -7,6 +7,7 @@ instances share its directory, as instances on one host do) and on the Docker ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -154,20 +155,25 @@ def cluster(
             for name, orch in (("first", first), ("second", second)):
                 print(f"\n==== {name} ====\n" + orch.log_tail(60))
         for orch in (first, second):
-            orch.stop(signal.SIGCONT)  # a frozen one must be able to stop
+            if orch.process is not None and orch.process.poll() is None:
+                orch.process.send_signal(signal.SIGCONT)  # a frozen one must be able to stop
             orch.stop()
-        # Whatever is left (a killed leader's workers, adopted by nobody once both are gone) goes.
-        cleanup = RunningOrchestrator(tmp_path / "b", device_url=broker.plain_url, **shared, ORCH_PUBLIC_URL=second.url)
-        cleanup.start()
-        try:
-            for item in cleanup.call("GET", f"/api/v1/applications/{app}/integrations", 200).json()["items"]:
-                cleanup.call("DELETE", f"/api/v1/applications/{app}/integrations/{item['id']}", 204)
-            wait_for(lambda: not workers(), 60, what="every worker removed")
-        finally:
-            cleanup.stop()
-            if engine is not None:
-                engine.close()
-            broker.stop()
+        remove_workers(workers, engine, app)
+        if engine is not None:
+            engine.close()
+        broker.stop()
+
+
+def remove_workers(workers: Callable[[], set[str]], engine: docker.DockerClient | None, app: str) -> None:
+    """Whatever a killed leader left that nobody adopted once both instances were gone."""
+    if engine is not None:
+        for container in engine.containers.list(all=True, filters={"label": f"io.iot-orchestrator.application={app}"}):
+            container.remove(force=True)
+        return
+    for pid in workers():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    wait_for(lambda: not workers(), 10, what="stray workers gone")
 
 
 def set_up(ha: TwoInstances, sink: HttpSink, through: RunningOrchestrator) -> str:
@@ -371,5 +377,6 @@ def test_a_leader_cut_off_from_the_database_stops_acting_answers_503_and_rejoins
     finally:
         for orch in (first, second):
             orch.stop()
+        remove_workers(ha.workers, None, app)
         relay.cut()
         broker.stop()
