@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import logging
 import os
 import socket
@@ -93,6 +94,11 @@ async def _run(orchestrator: Orchestrator, server: uvicorn.Server, sockets: list
     except OrchestratorError as err:
         await orchestrator.stop()
         return err.detail
+    # What start-up made (modules, templates, caches) lives as long as the process: out of the collector's sight,
+    # a full collection walks only what came since. Walking it all paused every request ~100 ms, dozens of
+    # times a minute under load (measured with gc.callbacks; after: ~20 ms).
+    gc.collect()
+    gc.freeze()
     await server.serve(sockets=sockets)
     return None
 
@@ -120,7 +126,10 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
 
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP by name: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets whose protocol says
+    # TCP, and accepted connections inherit it from here. With 0 every response waited ~40 ms for the client's
+    # delayed acknowledgement of its headers before its body went out.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock

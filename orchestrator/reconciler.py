@@ -181,7 +181,7 @@ class Reconciler:
         started = time.monotonic()
         # Workers first: a worker listed here had its record created before the query below.
         workers = await self.runtime.list_workers()
-        records = await self.db.run(store.list_integrations)
+        records = await self.db.read(store.integrations_to_check)
         names = {record.runtime_name for record in records}
         for name in workers.keys() - names:
             # Under the lock: the API's delete may be removing the same worker right now.

@@ -223,4 +223,4 @@ class Orchestrator:
         await self.bus.stop()
         if self.broker is not None:
             await self.broker.stop()
-        self.db.engine.dispose()
+        await self.db.close()

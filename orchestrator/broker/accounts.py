@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from worker_sdk.mqtt import MqttError
 
 from ..bus import Bus
 from ..db import Database
+from ..db.models import ApiKey
 from ..errors import BrokerError, OrchestratorError
 from ..secretbox import SecretBox
 from ..store import keys as key_store
@@ -184,7 +186,6 @@ class BrokerAccounts:
             started = time.monotonic()
             connection = self.bus.connections
             records = await self.db.run(key_store.all_keys)
-            sealed = {record.id: record.key_sealed for record in records}
             want = dynsec.desired(records, self.tenant, reserved={self.admin_username})
             clients, roles = await self.request(
                 [
@@ -197,33 +198,73 @@ class BrokerAccounts:
                     raise BrokerError(f"the broker refused {response.get('command')}: {response.get('error')}")
             client_list, role_list = clients["data"].get("clients", []), roles["data"].get("roles", [])
             have = dynsec.existing(client_list, role_list)
-            unopenable: list[str] = []
-            plan = dynsec.plan(want, have, lambda key_id: self._password(key_id, sealed.get(key_id), unopenable))
-            plan.commands[:0] = dynsec.admin_fixes(self.admin_username, client_list, role_list)
-            errors = [
-                f"{command['command']} {command.get('username') or command.get('rolename')}: {response.get('error')}"
-                for command, response in zip(plan.commands, await self.request(plan.commands), strict=True)
-                if response.get("error")
-            ]
-            unmakeable = [
-                f"no account for {name}: "
-                + (
-                    "its sealed key does not open with ORCH_SECRET_KEY"
-                    if want.clients[name].key_id in unopenable
-                    else "the key was made before broker accounts and is not kept; make a new key"
-                )
-                for name in plan.unmakeable
-            ]
-            for problem in errors + unmakeable:
-                log.warning("broker accounts: %s", problem)
-            if plan.commands:
-                log.info("broker accounts: %d changes for %d clients", len(plan.commands), len(want.clients))
-            seconds = round(time.monotonic() - started, 3)
-            self.report = SyncReport(
-                datetime.now(UTC), seconds, len(want.clients), len(plan.commands), errors, unmakeable
-            )
+            fixes = dynsec.admin_fixes(self.admin_username, client_list, role_list)
+            await self._apply(want, have, records, fixes, started)
             self._synced_for = max(self._synced_for, connection)
             return self.report
+
+    async def sync_keys(self, app_id: str, key_ids: Collection[str]) -> SyncReport:
+        """Bring only these keys of one application (and its login names) in step: what a key change needs.
+
+        A full sync lists every account on the broker; this asks for the few it touches, so making or revoking a
+        key costs the same with ten keys or ten thousand. Reconnects still run the full sync.
+        """
+        async with self._lock:
+            started = time.monotonic()
+            records = await self.db.run(key_store.keys_for_accounts, app_id=app_id, key_ids=list(key_ids))
+            full = dynsec.desired(records, self.tenant, reserved={self.admin_username})
+            names = dynsec.affected_usernames(app_id, key_ids, self.tenant, reserved={self.admin_username})
+            want = dynsec.Accounts(
+                {name: role for name, role in full.roles.items() if name in key_ids},
+                {name: client for name, client in full.clients.items() if name in names},
+            )
+            commands = [{"command": "getClient", "username": name} for name in names]
+            commands += [{"command": "getRole", "rolename": key_id} for key_id in key_ids]
+            found = await self.request(commands)
+            for response in found:  # "not found" is an answer; anything else is not
+                error = str(response.get("error") or "")
+                if error and "not found" not in error.lower():
+                    raise BrokerError(f"the broker refused {response.get('command')}: {error}")
+            data = [response.get("data") or {} for response in found if not response.get("error")]
+            have = dynsec.existing(
+                [item["client"] for item in data if "client" in item], [item["role"] for item in data if "role" in item]
+            )
+            return await self._apply(want, have, records, [], started)
+
+    async def _apply(
+        self,
+        want: dynsec.Accounts,
+        have: dynsec.Accounts,
+        records: list[ApiKey],
+        fixes: list[dict[str, Any]],
+        started: float,
+    ) -> SyncReport:
+        """Send the commands that turn `have` into `want`; record and return what was done."""
+        sealed = {record.id: record.key_sealed for record in records}
+        unopenable: list[str] = []
+        plan = dynsec.plan(want, have, lambda key_id: self._password(key_id, sealed.get(key_id), unopenable))
+        plan.commands[:0] = fixes
+        errors = [
+            f"{command['command']} {command.get('username') or command.get('rolename')}: {response.get('error')}"
+            for command, response in zip(plan.commands, await self.request(plan.commands), strict=True)
+            if response.get("error")
+        ]
+        unmakeable = [
+            f"no account for {name}: "
+            + (
+                "its sealed key does not open with ORCH_SECRET_KEY"
+                if want.clients[name].key_id in unopenable
+                else "the key was made before broker accounts and is not kept; make a new key"
+            )
+            for name in plan.unmakeable
+        ]
+        for problem in errors + unmakeable:
+            log.warning("broker accounts: %s", problem)
+        if plan.commands:
+            log.info("broker accounts: %d changes for %d clients", len(plan.commands), len(want.clients))
+        seconds = round(time.monotonic() - started, 3)
+        self.report = SyncReport(datetime.now(UTC), seconds, len(want.clients), len(plan.commands), errors, unmakeable)
+        return self.report
 
     def _password(self, key_id: str, sealed: str | None, unopenable: list[str]) -> str | None:
         if sealed is None:

@@ -97,6 +97,14 @@ def usernames(record: ApiKey, tenant: str | None, reserved: Iterable[str] = ()) 
     return [name for name in names if name not in set(reserved)]
 
 
+def affected_usernames(
+    app_id: str, key_ids: Iterable[str], tenant: str | None, reserved: Iterable[str] = ()
+) -> list[str]:
+    """The usernames a change to these keys of one application can touch: their ids and the application's login."""
+    names = [*key_ids, *login_usernames(app_id, tenant)]
+    return sorted(set(names) - set(reserved))
+
+
 def desired(records: Iterable[ApiKey], tenant: str | None, reserved: Iterable[str] = ()) -> Accounts:
     """The roles and clients the keys need."""
     accounts = Accounts({}, {})
@@ -140,10 +148,15 @@ def plan(want: Accounts, have: Accounts, password_of: Callable[[str], str | None
     for name, role in want.roles.items():
         current = have.roles.get(name)
         if current is None:
-            commands.append({"command": "createRole", "rolename": name, "textname": MARK + name})
-        for acl in sorted(role.acls - (current.acls if current else frozenset())):
+            # The ACLs inside the one command: the plugin rewrites its whole file after every command, so a key
+            # made with one command per ACL cost ten rewrites of a file that grows with every key.
+            commands.append(
+                {"command": "createRole", "rolename": name, "textname": MARK + name, "acls": _file_role(role)["acls"]}
+            )
+            continue
+        for acl in sorted(role.acls - current.acls):
             commands.append(_acl_command("addRoleACL", name, acl) | {"allow": True, "priority": 0})
-        for acl in sorted((current.acls if current else frozenset()) - role.acls):
+        for acl in sorted(current.acls - role.acls):
             commands.append(_acl_command("removeRoleACL", name, acl))
     for username, client in want.clients.items():
         current_client = have.clients.get(username)

@@ -266,9 +266,7 @@ class Handler:
                 log.error("downlink %s queued, but its event was not logged: %s", record.id, err.detail)
         return queued
 
-    async def _check_downlinks(
-        self, app_id: str, device_id: str, body: bytes | dict[str, Any]
-    ) -> list[dict[str, Any]]:
+    async def _check_downlinks(self, app_id: str, device_id: str, body: bytes | dict[str, Any]) -> list[dict[str, Any]]:
         await self.require_device(app_id, device_id)
         if isinstance(body, bytes | bytearray):
             try:

@@ -29,12 +29,12 @@ class ApplicationService:
 
     async def list(self, caller: Principal) -> list[Application]:
         """Applications the caller may see: all for the admin, its own for a key."""
-        items = await self.db.run(store.list_applications)
+        items = await self.db.read(store.list_applications)
         return [item for item in items if caller.admin or item.id == caller.application_id]
 
     async def get(self, app_id: str) -> Application:
         """One application, or NotFoundError."""
-        return await self.db.run(store.get_application, app_id)
+        return await self.db.read(store.get_application, app_id)
 
     async def update(self, app_id: str, data: ApplicationUpdate) -> Application:
         """Change name or description."""

@@ -28,12 +28,12 @@ class DeviceService:
 
     async def page(self, app_id: str, *, limit: int, offset: int) -> dict[str, Any]:
         """A page of devices, ordered by id."""
-        items, total = await self.db.run(store.list_devices, app_id=app_id, limit=limit, offset=offset)
+        items, total = await self.db.read(store.list_devices, app_id=app_id, limit=limit, offset=offset)
         return {"items": items, "total": total, "offset": offset, "limit": limit}
 
     async def get(self, app_id: str, device_id: str) -> Device:
         """One device, or NotFoundError."""
-        return await self.db.run(store.get_device, app_id, device_id)
+        return await self.db.read(store.get_device, app_id, device_id)
 
     async def update(self, app_id: str, device_id: str, data: DeviceUpdate) -> Device:
         """Change the given fields; emits `device.update`."""

@@ -38,7 +38,7 @@ class EventService:
 
         NotFoundError for an unknown application is raised before the first event.
         """
-        await self.db.run(application_store.get_application, app_id)
+        await self.db.read(application_store.get_application, app_id)
         return self._follow(app_id, after, replay, EventQuery(prefixes=prefixes, limit=CATCH_UP_PAGE))
 
     async def _follow(
@@ -88,7 +88,7 @@ class EventService:
 
     async def history(self, app_id: str, query: EventQuery) -> str:
         """One page of the application's events as JSON text: `{"items": [...], "more": bool}`."""
-        await self.db.run(application_store.get_application, app_id)
+        await self.db.read(application_store.get_application, app_id)
         page = await self.log.read(app_id, replace(query, limit=query.limit + 1))
         items = ",".join(history_item(event) for event in page[: query.limit])
         return f'{{"items":[{items}],"more":{json.dumps(len(page) > query.limit)}}}'

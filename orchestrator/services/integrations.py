@@ -103,18 +103,20 @@ class IntegrationService:
 
     async def get(self, app_id: str, integration_id: str) -> IntegrationPublic:
         """One integration, or NotFoundError."""
-        values = await self.db.run(store.public_integration, app_id, integration_id)
+        values = await self.db.read(store.public_integration, app_id, integration_id)
         return IntegrationPublic.model_validate(self.public(values))
 
     async def page(self, app_id: str, *, limit: int, offset: int, state: WorkerState | None = None) -> dict[str, Any]:
-        """A page of an application's integrations, ordered by id, optionally in one state (plain data: the route's
-        response model validates it once)."""
-        rows, total = await self.db.run(store.page_integrations, app_id=app_id, limit=limit, offset=offset, state=state)
+        """A page of an application's integrations, ordered by id, optionally in one state (plain data shaped as
+        Page[IntegrationPublic])."""
+        rows, total = await self.db.read(
+            store.page_integrations, app_id=app_id, limit=limit, offset=offset, state=state
+        )
         return {"items": [self.public(row) for row in rows], "total": total, "offset": offset, "limit": limit}
 
     async def validate(self, app_id: str, data: IntegrationCreate) -> ValidationResult:
         """Check a configuration without creating anything: every problem, field by field."""
-        await self.db.run(application_store.get_application, app_id)
+        await self.db.read(application_store.get_application, app_id)
         template = self.templates.get(data.template_id)
         try:
             resolve(template, data.config)
@@ -127,7 +129,7 @@ class IntegrationService:
         record = await self.db.run(
             store.create_integration, templates=self.templates, box=self.box, app_id=app_id, data=data
         )
-        await self.keys.changed()
+        await self.keys.changed(app_id, [record.key_id])
         await self.reconciler.reconcile_one(app_id, record.id)
         return await self.get(app_id, record.id)
 
@@ -148,7 +150,7 @@ class IntegrationService:
         """Delete: the worker is stopped and removed, its key revoked, before this returns."""
         record = await self.db.run(store.delete_integration, app_id=app_id, integration_id=integration_id)
         await self.reconciler.remove(record)
-        await self.keys.changed()
+        await self.keys.changed(app_id, [record.key_id])
 
     async def set_enabled(self, app_id: str, integration_id: str, enabled: bool) -> IntegrationPublic:
         """Enable (start again; what arrived meanwhile is delivered) or disable (pause, configuration kept)."""
@@ -158,7 +160,7 @@ class IntegrationService:
 
     async def restart(self, app_id: str, integration_id: str) -> IntegrationPublic:
         """Replace the worker with a fresh one."""
-        await self.db.run(store.get_integration, app_id, integration_id)  # 404 if there is none
+        await self.db.read(store.get_integration, app_id, integration_id)  # 404 if there is none
         await self.reconciler.restart(app_id, integration_id)
         return await self.get(app_id, integration_id)
 
@@ -166,7 +168,7 @@ class IntegrationService:
 
     async def logs(self, app_id: str, integration_id: str, tail: int) -> tuple[list[str], AsyncIterator[str]]:
         """The worker's last log lines, and an iterator of new ones, both with secrets masked."""
-        record = await self.db.run(store.get_integration, app_id, integration_id)
+        record = await self.db.read(store.get_integration, app_id, integration_id)
         secrets = [str(value) for value in self.box.open(record.secrets_encrypted, {}).values()]
         redactor = Redactor([*secrets, self.box.open(record.key_encrypted)])
         lines = [redactor.text(line) for line in await self.runtime.logs(record.runtime_name, tail)]
@@ -191,7 +193,7 @@ class IntegrationService:
                 query = query.where(IntegrationActivity.kind == kind)
             return list(session.scalars(query.order_by(IntegrationActivity.id.desc()).limit(limit)))
 
-        return await self.db.run(load)
+        return await self.db.read(load)
 
     async def stats(self, app_id: str, integration_id: str, hours: int) -> dict[str, object]:
         """Delivered, failed and retried per minute over the last hours (minutes without traffic left out)."""
@@ -211,7 +213,7 @@ class IntegrationService:
                 )
             )
 
-        buckets = await self.db.run(load)
+        buckets = await self.db.read(load)
         return {
             "minutes": [
                 {"minute": b.minute, "delivered": b.delivered, "failed": b.failed, "retried": b.retried}
@@ -226,7 +228,7 @@ class IntegrationService:
             raise ConflictError(f"integration {integration_id} is {record.actual_state}, not running; enable it first")
         device_id = body.device_id
         if device_id is None:
-            devices, _ = await self.db.run(device_store.list_devices, app_id=app_id, limit=1, offset=0)
+            devices, _ = await self.db.read(device_store.list_devices, app_id=app_id, limit=1, offset=0)
             device_id = devices[0]["device_id"] if devices else "test-device"
         device = self.handler.device(app_id, device_id) or {}
         correlation_id = f"test:{uuid.uuid4().hex}"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
+
+import orjson
 
 from .. import keys as key_rules
 from ..broker import dynsec
@@ -91,28 +94,44 @@ class KeyService:
             await asyncio.gather(self._resync, return_exceptions=True)
 
     async def _on_keys_changed(self, topic: str, payload: bytes) -> None:
-        await self.refresh()
+        try:
+            key_ids = orjson.loads(payload).get("key_ids")
+        except (orjson.JSONDecodeError, AttributeError):
+            key_ids = None
+        if isinstance(key_ids, list):
+            await self._reload([str(key_id) for key_id in key_ids])
+        else:
+            await self.refresh()
 
     async def refresh(self) -> None:
-        """Reload every key into the cache (at start, and after any key changed)."""
-        records = await self.db.run(store.all_keys)
-        self._cache = {
-            record.id: CachedKey(
-                record.id, record.secret_hash, record.application_id, frozenset(key_rules.expand(record.scopes))
-            )
-            for record in records
-        }
+        """Reload every key into the cache (at start, now and then with other instances, and when an application
+        goes)."""
+        self._cache = {row[0]: _cached(*row) for row in await self.db.read(store.credentials)}
 
-    async def changed(self) -> None:
-        """A key was made or revoked: the API at once; the broker before this returns if it is connected,
-        else (or if that fails) in the background as soon as it can be."""
-        await self.refresh()
+    async def _reload(self, key_ids: Collection[str]) -> None:
+        """Reload these keys into the cache (a key that no longer exists leaves it)."""
+        rows = await self.db.read(store.credentials, list(key_ids))
+        for key_id in key_ids:
+            self._cache.pop(key_id, None)
+        self._cache.update((row[0], _cached(*row)) for row in rows)
+
+    async def changed(self, app_id: str | None = None, key_ids: Collection[str] = ()) -> None:
+        """Keys were made or revoked (these of one application; with no application, any: one was deleted).
+
+        The API knows at once; the broker before this returns if it is connected, else (or if that fails) in the
+        background as soon as it can be.
+        """
+        if app_id is None:
+            await self.refresh()
+        else:
+            await self._reload(key_ids)
         if not self.bus.connected:
             self.accounts.sync_soon()
             return
-        self.bus.publish_nowait(KEYS_TOPIC, b"{}")  # the other instances' caches
+        notice = {"key_ids": list(key_ids)} if app_id is not None else {}
+        self.bus.publish_nowait(KEYS_TOPIC, orjson.dumps(notice))  # the other instances' caches
         try:
-            report = await self.accounts.sync()
+            report = await (self.accounts.sync() if app_id is None else self.accounts.sync_keys(app_id, key_ids))
         except OrchestratorError as err:  # the key stands; the background sync keeps trying
             log.error("could not update the broker's accounts now (retrying): %s", err.detail)
             self.accounts.sync_soon()
@@ -148,14 +167,18 @@ class KeyService:
             scopes=list(data.scopes),
             application_login=data.application_login,
         )
-        await self.changed()
+        await self.changed(app_id, [record.id])
         return KeyCreated(**self.public(record).model_dump(), key=key)
 
     async def list(self, app_id: str) -> list[KeyPublic]:
         """Keys of an application (never the keys themselves)."""
-        return [self.public(record) for record in await self.db.run(store.list_keys, app_id=app_id)]
+        return [self.public(record) for record in await self.db.read(store.list_keys, app_id=app_id)]
 
     async def delete(self, app_id: str, key_id: str) -> None:
         """Revoke a key (the API at once; the broker for new connections and every publish or subscribe)."""
         await self.db.run(store.delete_key, app_id=app_id, key_id=key_id)
-        await self.changed()
+        await self.changed(app_id, [key_id])
+
+
+def _cached(key_id: str, secret_hash: str, application_id: str, scopes: list[str]) -> CachedKey:
+    return CachedKey(key_id, secret_hash, application_id, frozenset(key_rules.expand(scopes)))

@@ -6,7 +6,7 @@ import secrets
 from typing import Any
 
 from sqlalchemy import Select, delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from ..db.models import ApiKey, Integration, IntegrationActivity, IntegrationStats, utcnow
 from ..errors import ConflictError, NotFoundError
@@ -34,6 +34,27 @@ def list_integrations(session: Session, *, app_id: str | None = None) -> list[In
     if app_id is not None:
         get_application(session, app_id)
         query = query.where(Integration.application_id == app_id)
+    return list(session.scalars(query))
+
+
+def integrations_to_check(session: Session) -> list[Integration]:
+    """Every integration with only what a reconcile pass compares (the rest is read again before acting)."""
+    query = (
+        select(Integration)
+        .options(
+            load_only(
+                Integration.application_id,
+                Integration.id,
+                Integration.enabled,
+                Integration.replicas,
+                Integration.actual_state,
+                Integration.template_id,
+                Integration.template_version,
+                Integration.config_hash,
+            )
+        )
+        .order_by(Integration.application_id, Integration.id)
+    )
     return list(session.scalars(query))
 
 

@@ -62,6 +62,23 @@ def delete_key(session: Session, *, app_id: str, key_id: str) -> None:
     session.delete(record)
 
 
+def credentials(session: Session, key_ids: list[str] | None = None) -> list[tuple[str, str, str, list[str]]]:
+    """(id, secret hash, application, scopes) of these keys (those that exist), or of every key: what
+    authentication needs, as plain rows (loading a thousand ORM objects took ~70 ms)."""
+    query = select(ApiKey.id, ApiKey.secret_hash, ApiKey.application_id, ApiKey.scopes)
+    if key_ids is not None:
+        query = query.where(ApiKey.id.in_(key_ids))
+    return [tuple(row) for row in session.connection().execute(query)]  # type: ignore[misc]
+
+
+def keys_for_accounts(session: Session, *, app_id: str, key_ids: list[str]) -> list[ApiKey]:
+    """These keys (those that still exist) and the application's login key: what their broker accounts need."""
+    query = select(ApiKey).where(
+        ApiKey.id.in_(key_ids) | ((ApiKey.application_id == app_id) & ApiKey.application_login.is_(True))
+    )
+    return list(session.scalars(query))
+
+
 def all_keys(session: Session) -> list[ApiKey]:
     """Every key, for the broker's password file and the API's key cache."""
     return list(session.scalars(select(ApiKey)))

@@ -55,7 +55,7 @@ def test_device_registry_and_validation(orchestrator: RunningOrchestrator) -> No
     ).json()
     assert {e["field"] for e in bad["errors"]} == {"device_id", "dev_eui", "colour"}
     page = orchestrator.call("GET", f"/api/v1/applications/{APP}/devices?limit=1", 200).json()
-    assert page["total"] == 1 and page["items"][0]["device_id"] == "dev-1"
+    assert page["total"] == 1 and page["items"] == [device]  # listed exactly as created
     updated = orchestrator.call(
         "PATCH", f"/api/v1/applications/{APP}/devices/dev-1", 200, json={"name": "Heater"}
     ).json()
@@ -157,6 +157,9 @@ def test_integration_list_pages_and_filters_by_state(orchestrator: RunningOrches
     assert (first["total"], first["offset"], first["limit"]) == (3, 0, 2)
     rest = orchestrator.call("GET", base + "?limit=2&offset=2", 200).json()
     assert [item["id"] for item in rest["items"]] == ["hook-c"]
+    # A listed integration reads exactly as its own GET does (times, states, counters written the same way).
+    for item in first["items"] + rest["items"]:
+        assert item == orchestrator.call("GET", f"{base}/{item['id']}", 200).json()
 
     assert orchestrator.call("GET", base + "?state=stopped", 200).json()["total"] == 3
     assert orchestrator.call("GET", base + "?state=running", 200).json() == {

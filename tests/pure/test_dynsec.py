@@ -57,6 +57,10 @@ def test_the_plan_makes_what_is_missing_and_removes_only_the_orchestrators_lefto
     plan = dynsec.plan(want, have, lambda key_id: f"{key_id}.secret")
     commands = [(c["command"], c.get("username") or c.get("rolename")) for c in plan.commands]
     assert commands[0] == ("createRole", "ik.a")
+    # A new role comes with its ACLs in one command (the plugin rewrites its file after every command).
+    made_role = plan.commands[0]["acls"]
+    assert {(a["acltype"], a["topic"]) for a in made_role} == {(a.acltype, a.topic) for a in want.roles["ik.a"].acls}
+    assert not any(c["command"] == "addRoleACL" for c in plan.commands)
     assert ("createClient", "ik.a") in commands
     # The application's name moves to the new login key: deleted (its connections close), then made anew.
     assert commands.index(("deleteClient", "app")) < commands.index(("createClient", "app"))

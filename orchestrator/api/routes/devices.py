@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, status
 
 from ...schemas import DeviceCreate, DevicePublic, DeviceUpdate, Page
 from ..deps import PrincipalDep, ServicesDep
+from ..responses import page_answer
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/devices", tags=["devices"])
 
@@ -32,7 +33,7 @@ async def list_devices(
 ) -> object:
     """A page of devices, ordered by id."""
     who.require(app_id, "devices:read")
-    return await services.devices.page(app_id, limit=limit, offset=offset)
+    return page_answer(await services.devices.page(app_id, limit=limit, offset=offset))
 
 
 @router.get("/{device_id}", response_model=DevicePublic)

@@ -19,6 +19,7 @@ from ...schemas import (
     ValidationResult,
 )
 from ..deps import PrincipalDep, ServicesDep
+from ..responses import page_answer
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/integrations", tags=["integrations"])
 
@@ -52,7 +53,7 @@ async def list_integrations(
 ) -> object:
     """A page of the application's integrations, ordered by id, with status and counters."""
     who.require(app_id, "integrations:read")
-    return await services.integrations.page(app_id, limit=limit, offset=offset, state=state)
+    return page_answer(await services.integrations.page(app_id, limit=limit, offset=offset, state=state))
 
 
 @router.get("/{integration_id}", response_model=IntegrationPublic)
