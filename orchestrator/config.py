@@ -98,10 +98,26 @@ class DockerSettings(BaseModel):
     )
 
 
+class KubernetesSettings(BaseModel):
+    """The Kubernetes runtime (docs/kubernetes.md)."""
+
+    namespace: str | None = Field(
+        None, description="Where workers run; default: the orchestrator's own (in a pod), the kubeconfig's, default"
+    )
+    kubeconfig: Path | None = Field(
+        None, description="A kubeconfig file; default: the pod's service account, else KUBECONFIG or ~/.kube/config"
+    )
+    context: str | None = Field(None, description="The kubeconfig context to use")
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for a private registry")
+
+
 class RuntimeSettings(BaseModel):
     """Where and how integration workers run."""
 
-    kind: Literal["auto", "process", "docker"] = Field("auto", description="auto: Docker if it answers")
+    kind: Literal["auto", "process", "docker", "kubernetes"] = Field(
+        "auto", description="auto: Kubernetes in a pod, else Docker if it answers, else processes"
+    )
     reconcile_interval_seconds: float = Field(5.0, gt=0)
     restart_backoff_initial_seconds: float = Field(1.0, gt=0)
     restart_backoff_max_seconds: float = Field(300.0, gt=0)
@@ -114,6 +130,7 @@ class RuntimeSettings(BaseModel):
         "instances on one host share it, so the leader adopts the workers another instance started",
     )
     docker: DockerSettings = DockerSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
 
 
 class Settings(BaseSettings):

@@ -165,6 +165,7 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Write broker accounts, start the broker, load the registry, connect, reconcile (migrated at build)."""
+        await self.runtime.check()  # e.g. a Kubernetes namespace that does not exist: said at start
         await self.cluster.join()  # refuses a configuration the running instances do not share
         self.cluster.start()
         if self.tail is not None and not self.settings.public_url:

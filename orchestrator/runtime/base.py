@@ -106,6 +106,9 @@ class Runtime(abc.ABC):
     async def list_workers(self) -> dict[str, WorkerStatus]:
         """Everything this runtime runs for the orchestrator, by name: what a restart adopts."""
 
+    async def check(self) -> None:  # noqa: B027 - optional hook
+        """At start: RuntimeFailure naming what keeps this runtime from working (nothing to check by default)."""
+
     def worker_urls(self, broker_url: str, api_url: str) -> tuple[str, str]:
         """The broker and API URLs as workers of this runtime reach them (same as ours by default)."""
         return broker_url, api_url
