@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -326,18 +327,25 @@ class KubernetesRuntime(Runtime):
         queue: asyncio.Queue[str] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         pods = await self._call(self._pods, name)
-        responses: list[Any] = []
+        sockets: list[socket.socket] = []
 
         def pump(pod: str) -> None:
+            response: Any = None
             try:
-                response: Any = self.core.read_namespaced_pod_log(
+                response = self.core.read_namespaced_pod_log(
                     pod, self.namespace, container=CONTAINER, follow=True, since_seconds=1, _preload_content=False
                 )
-                responses.append(response)
+                sock = getattr(getattr(response, "connection", None), "sock", None)
+                if sock is not None:
+                    sockets.append(sock)
                 for line in response:
                     loop.call_soon_threadsafe(queue.put_nowait, line.decode("utf-8", "replace").rstrip("\n"))
-            except (ApiException, HTTPError, ValueError, AttributeError):
+            except (ApiException, HTTPError, OSError, ValueError, AttributeError):
                 return
+            finally:
+                if response is not None:
+                    with contextlib.suppress(Exception):
+                        response.close()  # here, by the reading thread: another thread would wait on its lock
 
         for pod in pods:
             threading.Thread(target=pump, args=(pod["metadata"]["name"],), daemon=True).start()
@@ -345,9 +353,10 @@ class KubernetesRuntime(Runtime):
             while True:
                 yield await queue.get()
         finally:
-            for response in responses:
-                with contextlib.suppress(Exception):
-                    response.release_conn()
+            # A reader blocked on a stream wakes only when its connection ends: end them, the readers then close.
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     async def close(self, *, keep_workers: bool = False) -> None:
         """Workloads keep running; only the client is closed."""

@@ -136,6 +136,9 @@ def test_openapi_docs_and_health(orchestrator: RunningOrchestrator) -> None:
         "templates": len(list((PROJECT_ROOT / "integration_templates").glob("*.yaml"))),
     }
     assert health["reconciler"]["passes"] >= 1
+    assert httpx.get(f"{orchestrator.url}/livez").json() == {"status": "ok"}
+    ready = httpx.get(f"{orchestrator.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ok"
     templates = orchestrator.call("GET", "/api/v1/templates", 200).json()
     webhook = next(t for t in templates if t["id"] == "webhook")
     assert webhook["logo"] == "/api/v1/templates/webhook/logo" and "environment" not in webhook

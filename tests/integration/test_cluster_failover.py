@@ -357,6 +357,9 @@ def test_a_leader_cut_off_from_the_database_stops_acting_answers_503_and_rejoins
             assert response.status_code == 503 and "database" in response.json()["detail"], response.text
             wait_for(lambda: httpx.get(f"{first.url}/healthz").status_code == 503, LEASE_SECONDS * 2, what="503 health")
             assert httpx.get(f"{first.url}/healthz").json()["database"]["status"] == "failing"
+            # Not ready (a load balancer sends elsewhere), but alive (a restart would not bring the database back).
+            assert httpx.get(f"{first.url}/readyz").status_code == 503
+            assert httpx.get(f"{first.url}/livez").status_code == 200
             wait_for(
                 lambda: second.call("GET", "/api/v1/cluster", 200).json()["leading"],
                 LEASE_SECONDS * 3,

@@ -253,3 +253,41 @@ async def test_refusals_and_an_unreachable_api_are_clear_and_delete_nothing(
 
 def test_a_name_too_long_for_kubernetes_is_shortened_not_refused() -> None:
     assert len(workload_name(f"{'a' * 36}--{'b' * 36}")) <= 52
+
+
+async def test_the_chart_s_role_grants_exactly_the_requests_the_runtime_makes(
+    api: KubernetesApiDouble, tmp_path: Path
+) -> None:
+    from tests.pure.test_chart import one, render_ci
+
+    # Every call the runtime has, once: check, start (create, update, restart failing pods), status, adoption,
+    # logs (tail and follow), stop.
+    runtime = runtime_for(api, tmp_path)
+    await runtime.check()
+    await runtime.start(spec())
+    await wait_state(runtime, "app--hook", WorkerState.RUNNING)
+    await runtime.start(spec(replicas=2))
+    api.container_states["iot-app--hook"] = {"state": {"waiting": {"reason": "ErrImagePull"}}}
+    await wait_state(runtime, "app--hook", WorkerState.FAILED)
+    await runtime.start(spec(replicas=2))
+    await runtime.list_workers()
+    await runtime.logs("app--hook")
+    follow = runtime.follow("app--hook")
+    reader = asyncio.create_task(anext(follow))
+    await asyncio.sleep(0.3)
+    api.logs["iot-app--hook-0"] = ["a line"]
+    await asyncio.wait_for(reader, 5)
+    await follow.aclose()
+    await runtime.stop("app--hook")
+    await runtime.close()
+
+    used = {(verb, resource) for verb, resource in api.requests}
+    role = one(render_ci("default-values.yaml"), "Role")
+    granted = {
+        (verb, f"{group}/{resource}" if group else resource)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert used == granted, f"used but not granted: {used - granted}; granted but unused: {granted - used}"

@@ -19,6 +19,23 @@ async def health(services: ServicesDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
+@router.get("/livez")
+async def live() -> dict[str, str]:
+    """200 while the process serves: for a liveness probe (a database or broker that is away is not cured by a
+    restart, so it is not a reason to fail this)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def ready(services: ServicesDep) -> JSONResponse:
+    """As /healthz: 200 when this instance can take requests (broker connected, database answering), else 503."""
+    healthy, body = services.health.report()
+    return JSONResponse(
+        {"status": body["status"], "broker": body["broker"], "database": body["database"]},
+        status_code=200 if healthy else 503,
+    )
+
+
 @router.get("/api/v1/cluster")
 async def cluster(services: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     """The orchestrator instances on this database, and which one leads (runs the reconciler) since when (admin)."""
