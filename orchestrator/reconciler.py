@@ -20,7 +20,7 @@ from .cluster import Cluster
 from .config import Settings
 from .db import Database
 from .db.models import Integration, utcnow
-from .errors import NotLeader, OrchestratorError
+from .errors import NotLeader, OrchestratorError, RuntimeFailure
 from .integrations.spec import build_spec
 from .runtime.base import MISSING, Runtime, WorkerSpec, WorkerState, WorkerStatus
 from .secretbox import SecretBox
@@ -85,6 +85,7 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
         self.last_pass_seconds: float | None = None
+        self.runtime_failure: str | None = None  # why the runtime cannot be asked what runs, while it cannot
         bus.subscribe(topics.integration_topic("+", "+", "status/+"), self._on_worker_status)
         bus.subscribe(REQUEST_TOPIC, self._on_request)
 
@@ -180,7 +181,15 @@ class Reconciler:
         """One pass: remove workers of deleted integrations, then reconcile every integration."""
         started = time.monotonic()
         # Workers first: a worker listed here had its record created before the query below.
-        workers = await self.runtime.list_workers()
+        try:
+            workers = await self.runtime.list_workers()
+        except RuntimeFailure as err:
+            # Nothing is started or removed blind; every enabled integration says why nothing happens.
+            if self.runtime_failure != err.detail:
+                self.runtime_failure = err.detail
+                await self.db.run(store.note_error, f"{self.runtime.name} runtime: {err.detail}")
+            raise
+        self.runtime_failure = None
         records = await self.db.read(store.integrations_to_check)
         names = {record.runtime_name for record in records}
         for name in workers.keys() - names:

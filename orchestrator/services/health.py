@@ -69,6 +69,7 @@ class HealthService:
             "broker_details": self._broker_details(),
             "worker_sessions_restored": self.sessions.restored,
             "runtime": self.runtime.name,
+            "runtime_error": self.reconciler.runtime_failure,
             "templates": len(self.templates.templates),
             "reconciler": {"passes": self.reconciler.passes, "last_pass_seconds": self.reconciler.last_pass_seconds},
         }

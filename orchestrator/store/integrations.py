@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, load_only
 
 from ..db.models import ApiKey, Integration, IntegrationActivity, IntegrationStats, utcnow
@@ -198,6 +198,15 @@ def set_enabled(session: Session, *, app_id: str, integration_id: str, enabled: 
     record.enabled = enabled
     record.updated_at = utcnow()
     return record
+
+
+def note_error(session: Session, message: str) -> None:
+    """Record an error on every enabled integration (their state stays: nothing could be checked)."""
+    session.execute(
+        update(Integration)
+        .where(Integration.enabled.is_(True))
+        .values(last_error=message[:2000], last_error_at=utcnow())
+    )
 
 
 def reseal_secrets(session: Session, box: SecretBox) -> int:

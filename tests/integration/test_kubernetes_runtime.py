@@ -10,6 +10,7 @@ import base64
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from orchestrator.config import Settings
@@ -18,6 +19,8 @@ from orchestrator.runtime.base import WorkerSpec, WorkerState
 from orchestrator.runtime.kubernetes import KubernetesRuntime
 from orchestrator.runtime.kubernetes_objects import workload_name
 from tests.support.kubeapi import KubernetesApiDouble
+from tests.support.orchestrator import RunningOrchestrator, start_fails
+from tests.support.waiting import wait_for
 
 SECRET = "ik.abc.secret-value"
 IMAGE = "iot-orchestrator/webhook:0.1.0"
@@ -291,3 +294,52 @@ async def test_the_chart_s_role_grants_exactly_the_requests_the_runtime_makes(
         for verb in rule["verbs"]
     }
     assert used == granted, f"used but not granted: {used - granted}; granted but unused: {granted - used}"
+
+
+def test_an_orchestrator_on_kubernetes_runs_integrations_as_statefulsets(tmp_path: Path, mosquitto: str) -> None:
+    api = KubernetesApiDouble(namespaces=("iot",)).start()
+    settings = {
+        "ORCH_BROKER__MOSQUITTO_BINARY": mosquitto,
+        "ORCH_RUNTIME__KIND": "kubernetes",
+        "ORCH_RUNTIME__KUBERNETES__KUBECONFIG": str(api.kubeconfig(tmp_path / "kubeconfig", "iot")),
+    }
+    orch = RunningOrchestrator(tmp_path / "orchestrator", **settings).start()
+    try:
+        assert httpx.get(f"{orch.url}/healthz").json()["runtime"] == "kubernetes"
+        orch.create_application("kube-app")
+        orch.create_integration("kube-app", id="hook", template_id="webhook", config={"url": "http://127.0.0.1:9/"})
+        wait_for(lambda: "iot-kube-app--hook" in api.items("statefulsets", "iot"), 20, what="the StatefulSet")
+        path = "/api/v1/applications/kube-app/integrations/hook"
+        wait_for(
+            lambda: orch.call("GET", path, 200).json()["status"]["handle"] is not None, 20, what="the handle recorded"
+        )
+        assert orch.call("GET", path, 200).json()["status"]["runtime"] == "kubernetes"
+        secret = api.items("secrets", "iot")["iot-kube-app--hook"]
+        assert set(secret["data"]) == {"HANDLER_API_KEY"}  # the worker's key, referenced from the pods
+
+        # The API server goes away: the integration says so, and nothing is deleted meanwhile.
+        api.stop()
+        wait_for(
+            lambda: "cannot be reached" in (orch.call("GET", path, 200).json()["status"]["last_error"] or ""),
+            30,
+            what="the unreachable API server named on the integration",
+        )
+        assert "cannot be reached" in httpx.get(f"{orch.url}/healthz").json()["runtime_error"]
+        assert ("delete", "apps/statefulsets") not in api.requests
+    finally:
+        orch.stop()
+        api.stop()
+
+
+def test_a_kubernetes_namespace_that_does_not_exist_stops_the_start(tmp_path: Path, mosquitto: str) -> None:
+    api = KubernetesApiDouble(namespaces=("iot",)).start()
+    try:
+        line = start_fails(
+            tmp_path,
+            mosquitto,
+            ORCH_RUNTIME__KIND="kubernetes",
+            ORCH_RUNTIME__KUBERNETES__KUBECONFIG=str(api.kubeconfig(tmp_path / "kubeconfig", "nowhere")),
+        )
+        assert line == "cannot start: ORCH_RUNTIME__KUBERNETES__NAMESPACE: namespace nowhere does not exist"
+    finally:
+        api.stop()
