@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from worker_sdk.messages import Base64Str, Eui, Identifier
 
@@ -136,8 +136,18 @@ class ResourceOverrides(Strict):
     cpus: float | None = Field(None, gt=0, le=64)
 
 
+def _not_a_route(value: str) -> str:
+    if value in RESERVED_INTEGRATION_IDS:
+        raise ValueError(f"{value} is reserved (it names the API's own route)")
+    return value
+
+
+RESERVED_INTEGRATION_IDS = {"validate"}  # /integrations/validate is a route
+IntegrationId = Annotated[Identifier, AfterValidator(_not_a_route)]
+
+
 class IntegrationCreate(Strict):
-    id: Identifier | None = Field(None, description="Generated from the template when empty")
+    id: IntegrationId | None = Field(None, description="Generated from the template when empty")
     template_id: str
     name: str = Field("", max_length=200)
     config: dict[str, Any] = Field(default_factory=dict)

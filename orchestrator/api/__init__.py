@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from .problems import install_problem_handlers
+from .problems import ERROR_RESPONSES, declare_problem_content, install_problem_handlers
 from .routes import applications, devices, events, health, integrations, templates
 
 
@@ -12,7 +12,8 @@ def install(app: FastAPI) -> None:
     """Mount every router, the error handlers and the console."""
     install_problem_handlers(app)
     for module in (health, applications, devices, events, integrations, templates):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    declare_problem_content(app)
     from ..console import mount_console
 
     mount_console(app)

@@ -9,6 +9,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..services import Principal, Services
 
+# Bounds of paging parameters: past them a database cannot count (a 64-bit integer), so they are a 422, not a 500.
+MAX_OFFSET = 2**31 - 1
+MAX_ID = 2**63 - 1
+
 bearer = HTTPBearer(auto_error=False, description="The admin token, or an application key (ik.…)")
 
 

@@ -25,7 +25,7 @@ from ..events.log import LoggedEvent, NewEvent
 from ..events.outbox import Outbox
 from ..store import downlinks
 from ..store.devices import device_json
-from .uplinks import UplinkRejected, normalize, parse_submission
+from .uplinks import NotJson, UplinkRejected, load_json, normalize, parse_submission
 
 log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_SECONDS = 30.0
@@ -270,8 +270,8 @@ class Handler:
         await self.require_device(app_id, device_id)
         if isinstance(body, bytes | bytearray):
             try:
-                body = json.loads(body)
-            except (ValueError, UnicodeDecodeError, RecursionError) as err:
+                body = load_json(body)
+            except NotJson as err:
                 raise ValidationFailed([{"field": "(body)", "message": f"not valid JSON: {err}"}]) from err
         try:
             request = DownlinkRequest.model_validate(body)
@@ -397,8 +397,8 @@ def _as_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
     if isinstance(body, dict):
         return body
     try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        parsed = load_json(body)
+    except NotJson:
         parsed = None
     return parsed if isinstance(parsed, dict) else {"raw": body.decode("utf-8", "replace")[:500]}
 

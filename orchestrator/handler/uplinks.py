@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from typing import Any
 
@@ -47,14 +49,42 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
+LONG_NUMBER = re.compile(rb"\d{19,}")  # the only way to write an integer past 64 bits
+
+
+class NotJson(ValueError):
+    """A body that is not JSON the orchestrator can keep exactly."""
+
+
+def _checked_int(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise NotJson(f"the integer {text[:40]} is outside the 64-bit range")
+    return value
+
+
+def load_json(body: bytes) -> Any:
+    """Parse a request body; NotJson says why it cannot be (integers past 64 bits included: orjson would turn
+    them into floats without a word, and nothing downstream could keep them exactly)."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        if str(err).startswith("depth limit"):  # orjson stops at 1,024 levels
+            raise NotJson(f"nested more than {MAX_JSON_DEPTH} levels deep") from err
+        raise NotJson(str(err)) from err
+    if LONG_NUMBER.search(body):  # rare: look again, exactly
+        json.loads(body, parse_int=_checked_int)
+    return value
+
+
 def parse_submission(body: bytes | dict[str, Any]) -> UplinkSubmission:
     """Parse and check an uplink body from MQTT or HTTP (bytes) or already-parsed JSON."""
     if isinstance(body, bytes | bytearray):
         try:
-            body = orjson.loads(body)
-        except orjson.JSONDecodeError as err:
-            if str(err).startswith("depth limit"):  # orjson stops at 1,024 levels
-                raise UplinkRejected(f"uplink is nested more than {MAX_JSON_DEPTH} levels deep") from err
+            body = load_json(body)
+        except NotJson as err:
+            if str(err).startswith("nested"):
+                raise UplinkRejected(f"uplink is {err}") from err
             raise UplinkRejected(f"uplink is not valid JSON: {err}") from err
     if not isinstance(body, dict):
         raise UplinkRejected("uplink must be a JSON object")

@@ -191,3 +191,45 @@ def test_a_template_can_cap_its_replicas(orchestrator: RunningOrchestrator) -> N
         APP, id="hook", template_id="webhook", enabled=False, config={"url": "http://127.0.0.1:9/"}
     )
     orchestrator.call("PATCH", f"{base}/hook", 200, json={"replicas": 3})  # the webhook scales
+
+
+def test_bodies_that_are_not_json_an_api_can_keep_are_a_422_naming_the_body(orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "dev-1")
+    base = f"/api/v1/applications/{APP}/devices/dev-1"
+    headers = {"Content-Type": "application/json"}
+    # Bytes that are not UTF-8 are refused by name, wherever a JSON body goes.
+    for path, content in (
+        (f"{base}/uplinks", b"\xff\xfe{\x00}\x00"),  # UTF-16: JSON on the wire is UTF-8
+        (f"{base}/downlinks", b"\xff\xfe{\x00}\x00"),
+        (f"/api/v1/applications/{APP}/devices", b"\xff\xff\xfe"),  # not text at all
+    ):
+        problem = orchestrator.call("POST", path, 422, content=content, headers=headers).json()
+        assert problem["errors"][0]["field"] == "(body)", (path, problem)
+        assert "JSON" in problem["errors"][0]["message"], problem
+    # An integer past 64 bits cannot be kept exactly (JSON parsers make it a float): refused by name, not a 500.
+    big = 123456789012345678901234567890
+    for path, body in (
+        (f"{base}/downlinks", {"downlinks": [{"f_port": 1, "decoded_payload": {"x": big}}]}),
+        (f"{base}/downlinks", {"downlinks": [{"f_port": 1, "frm_payload": "AQ==", "x": big}]}),
+        (f"{base}/uplinks", {"f_port": 1, "decoded_payload": {"x": -big}}),
+    ):
+        problem = orchestrator.call("POST", path, 422, json=body).json()
+        assert problem["errors"][0]["field"] == "(body)" and "64-bit" in problem["errors"][0]["message"], problem
+    edge = {"downlinks": [{"f_port": 1, "decoded_payload": {"x": 2**64 - 1, "y": -(2**63), "s": "1" * 30}}]}
+    orchestrator.call("POST", f"{base}/downlinks", 201, json=edge)  # 64 bits, and long digits in a string, are fine
+    assert (
+        orchestrator.call("GET", f"{base}/downlinks", 200).json()["downlinks"][0]["decoded_payload"]
+        == (edge["downlinks"][0]["decoded_payload"])
+    )
+    # Unknown API paths and methods a route does not take: a problem each, a 405 naming what is allowed.
+    assert orchestrator.call("GET", "/api/v1/nothing-here", 404).headers["content-type"] == "application/problem+json"
+    refused = orchestrator.call("PUT", f"/api/v1/applications/{APP}", 405)
+    assert refused.headers["allow"] == "DELETE, GET, PATCH"
+    assert orchestrator.call("GET", f"{base}/uplinks", 405).headers["allow"] == "POST"
+    assert (
+        orchestrator.call("GET", f"/api/v1/applications/{APP}/devices?offset=9999999999999999999", 422).json()[
+            "errors"
+        ][0]["field"]
+        == "query.offset"
+    )

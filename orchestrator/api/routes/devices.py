@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, status
 
 from ...schemas import DeviceCreate, DevicePublic, DeviceUpdate, Page
-from ..deps import PrincipalDep, ServicesDep
+from ..deps import MAX_OFFSET, PrincipalDep, ServicesDep
 from ..responses import page_answer
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/devices", tags=["devices"])
@@ -29,7 +29,7 @@ async def list_devices(
     services: ServicesDep,
     who: PrincipalDep,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> object:
     """A page of devices, ordered by id."""
     who.require(app_id, "devices:read")

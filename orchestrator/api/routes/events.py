@@ -10,9 +10,10 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from ...errors import ValidationFailed
 from ...events.log import EventQuery
 from ...services.events import StreamGap
-from ..deps import PrincipalDep, ServicesDep
+from ..deps import MAX_ID, PrincipalDep, ServicesDep
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/events", tags=["events"])
 
@@ -55,6 +56,8 @@ async def stream_events(
     """
     who.require(app_id, "messages:read")
     after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else None
+    if after is not None and after > MAX_ID:
+        raise ValidationFailed([{"field": "header.last-event-id", "message": f"at most {MAX_ID}"}])
     events = await services.events.stream(app_id, after=after, replay=replay, prefixes=_prefixes(prefix))
 
     async def sse() -> AsyncIterator[ServerSentEvent]:
@@ -80,8 +83,8 @@ async def event_history(
     app_id: str,
     services: ServicesDep,
     who: PrincipalDep,
-    after_id: int | None = Query(None, ge=0, description="Only events with a larger id"),
-    before_id: int | None = Query(None, ge=0, description="Only events with a smaller id"),
+    after_id: int | None = Query(None, ge=0, le=MAX_ID, description="Only events with a larger id"),
+    before_id: int | None = Query(None, ge=0, le=MAX_ID, description="Only events with a smaller id"),
     since: datetime | None = Query(None, description="Only events logged at or after this time (RFC 3339)"),
     until: datetime | None = Query(None, description="Only events logged before this time (RFC 3339)"),
     type: str = Query("", description="Event name prefixes, comma-separated, e.g. `uplink` or `downlink.,device.`"),

@@ -12,7 +12,15 @@ from ..deps import PrincipalDep, ServicesDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+DEGRADED: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "Degraded: the body (the same report) names what is wrong",
+        "content": {"application/json": {}},
+    }
+}
+
+
+@router.get("/healthz", responses=DEGRADED)
 async def health(services: ServicesDep) -> JSONResponse:
     """200 while the broker is connected and the database answers, 503 (naming what is wrong) otherwise."""
     healthy, body = services.health.report()
@@ -26,7 +34,7 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=DEGRADED)
 async def ready(services: ServicesDep) -> JSONResponse:
     """As /healthz: 200 when this instance can take requests (broker connected, database answering), else 503."""
     healthy, body = services.health.report()

@@ -18,7 +18,7 @@ from ...schemas import (
     TestOutcome,
     ValidationResult,
 )
-from ..deps import PrincipalDep, ServicesDep
+from ..deps import MAX_OFFSET, PrincipalDep, ServicesDep
 from ..responses import page_answer
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/integrations", tags=["integrations"])
@@ -48,7 +48,7 @@ async def list_integrations(
     services: ServicesDep,
     who: PrincipalDep,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     state: WorkerState | None = Query(None, description="Only integrations in this state, e.g. failed"),
 ) -> object:
     """A page of the application's integrations, ordered by id, with status and counters."""
@@ -108,7 +108,24 @@ async def restart_integration(
     return await services.integrations.restart(app_id, integration_id)
 
 
-@router.get("/{integration_id}/logs", response_model=None)
+@router.get(
+    "/{integration_id}/logs",
+    response_model=None,
+    responses={
+        200: {
+            "description": "The lines as JSON; with `follow`, server-sent events (`event: log`)",
+            "content": {
+                "application/json": {"schema": {"type": "object", "properties": {"lines": {"type": "array"}}}},
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"event": {"const": "log"}, "data": {"type": "string"}},
+                    }
+                },
+            },
+        }
+    },
+)
 async def integration_logs(
     app_id: str,
     integration_id: str,
