@@ -11,6 +11,8 @@ from .api import install
 from .config import Settings
 from .wiring import Orchestrator
 
+MAX_REQUEST_BYTES = 1_048_576
+
 
 def create_app(settings: Settings | None = None, *, start_with_app: bool = True) -> FastAPI:
     """Build the orchestrator's parts and the app that serves them; they stop with the app.
@@ -18,7 +20,8 @@ def create_app(settings: Settings | None = None, *, start_with_app: bool = True)
     `start_with_app=False`: the caller starts `app.state.orchestrator` before serving (the CLI does, so a
     start that fails is one line, not a server's traceback).
     """
-    orchestrator = Orchestrator.build(settings or Settings())
+    settings = settings or Settings()
+    orchestrator = Orchestrator.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,6 +38,9 @@ def create_app(settings: Settings | None = None, *, start_with_app: bool = True)
         description="Runs one worker per integration from generic per-platform images, and the handler "
         "(devices, uplinks, downlinks, events) they talk to.",
         lifespan=lifespan,
+        # Bodies past this are refused (413) before they are read into memory; device messages have their own,
+        # smaller limit (ORCH_HANDLER__MAX_MESSAGE_BYTES), named in a 422.
+        max_body_size=max(MAX_REQUEST_BYTES, settings.handler.max_message_bytes),
     )
     app.state.orchestrator = orchestrator
     app.state.services = orchestrator.services

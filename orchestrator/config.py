@@ -75,6 +75,10 @@ class HandlerSettings(BaseModel):
     downlink_queue_size: int = Field(16, ge=1, le=256)
     downlink_ttl_seconds: int = Field(86400, ge=1, description="Queued downlinks fail after this")
     max_downlink_bytes: int = Field(242, ge=1)
+    max_message_bytes: int = Field(
+        131_072, ge=1024, le=16_777_216, description="Uplinks and downlink requests larger than this are refused"
+    )
+    max_json_depth: int = Field(32, ge=4, le=512, description="Messages whose JSON nests deeper are refused")
 
 
 class EventSettings(BaseModel):

@@ -47,6 +47,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _declared("The application, device, integration or route does not exist"),
     405: _declared("The route does not take this method (`Allow` names those it takes)"),
     409: _declared("In conflict with what exists (an id taken, a key that belongs to an integration)"),
+    413: {  # answered by Starlette's body limit, before any handler: plain text
+        "description": "The body is larger than the API takes (1 MiB, or the device message limit if larger)",
+        "content": {"text/plain": {"schema": {"type": "string", "example": "Content Too Large"}}},
+    },
     422: _declared("The request is invalid: `errors` names each field at fault"),
     500: _declared("A bug: the orchestrator's log has the details"),
     502: _declared("The runtime (Docker, Kubernetes) failed; `detail` names how"),

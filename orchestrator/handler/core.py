@@ -25,7 +25,7 @@ from ..events.log import LoggedEvent, NewEvent
 from ..events.outbox import Outbox
 from ..store import downlinks
 from ..store.devices import device_json
-from .uplinks import NotJson, UplinkRejected, load_json, normalize, parse_submission
+from .uplinks import Limits, NotJson, UplinkRejected, load_json, normalize, parse_submission
 
 log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_SECONDS = 30.0
@@ -42,6 +42,7 @@ class Handler:
         self.bus = bus
         self.outbox = outbox
         self._applications: set[str] = set()
+        self.limits = Limits(settings.max_message_bytes, settings.max_json_depth)
         self._devices: dict[tuple[str, str], dict[str, Any]] = {}
         self._pending: set[tuple[str, str]] = set()  # devices with queued downlinks
         self._expiry_task: asyncio.Task[None] | None = None
@@ -184,7 +185,7 @@ class Handler:
         """
         try:
             device = await self.require_device(app_id, device_id)
-            submission = parse_submission(body)
+            submission = parse_submission(body, self.limits)
         except (UplinkRejected, NotFoundError) as err:
             await self._uplink_error(app_id, device_id, err, body)
             raise
@@ -270,9 +271,9 @@ class Handler:
         await self.require_device(app_id, device_id)
         if isinstance(body, bytes | bytearray):
             try:
-                body = load_json(body)
+                body = load_json(body, self.limits)
             except NotJson as err:
-                raise ValidationFailed([{"field": "(body)", "message": f"not valid JSON: {err}"}]) from err
+                raise ValidationFailed([{"field": "(body)", "message": str(err)}]) from err
         try:
             request = DownlinkRequest.model_validate(body)
         except ValidationError as err:
@@ -397,7 +398,7 @@ def _as_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
     if isinstance(body, dict):
         return body
     try:
-        parsed = load_json(body)
+        parsed = load_json(body, Limits())
     except NotJson:
         parsed = None
     return parsed if isinstance(parsed, dict) else {"raw": body.decode("utf-8", "replace")[:500]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -12,7 +13,13 @@ from pydantic import ValidationError
 
 from worker_sdk.messages import UplinkSubmission, describe_errors, end_device_ids, now_iso
 
-MAX_JSON_DEPTH = 32  # deeper uplinks are refused: nobody's sensor data nests this far, and parsers recurse
+
+@dataclass(frozen=True)
+class Limits:
+    """What a device's message may be: its size in bytes and how deeply its JSON nests (parsers recurse)."""
+
+    max_bytes: int = 131_072
+    max_depth: int = 32
 
 
 class UplinkRejected(ValueError):
@@ -63,34 +70,42 @@ def _checked_int(text: str) -> int:
     return value
 
 
-def load_json(body: bytes) -> Any:
-    """Parse a request body; NotJson says why it cannot be (integers past 64 bits included: orjson would turn
-    them into floats without a word, and nothing downstream could keep them exactly)."""
+def load_json(body: bytes, limits: Limits) -> Any:
+    """Parse a request body within the limits; NotJson says why it cannot be (integers past 64 bits included:
+    orjson would turn them into floats without a word, and nothing downstream could keep them exactly)."""
+    if len(body) > limits.max_bytes:
+        raise NotJson(f"{len(body)} bytes; at most {limits.max_bytes} are allowed (ORCH_HANDLER__MAX_MESSAGE_BYTES)")
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as err:
         if str(err).startswith("depth limit"):  # orjson stops at 1,024 levels
-            raise NotJson(f"nested more than {MAX_JSON_DEPTH} levels deep") from err
-        raise NotJson(str(err)) from err
+            raise NotJson(f"nested more than {limits.max_depth} levels deep (ORCH_HANDLER__MAX_JSON_DEPTH)") from err
+        raise NotJson(f"not valid JSON: {err}") from err
     if LONG_NUMBER.search(body):  # rare: look again, exactly
-        json.loads(body, parse_int=_checked_int)
+        try:
+            json.loads(body, parse_int=_checked_int)
+        except NotJson as err:
+            raise NotJson(f"not valid JSON: {err}") from err
+    if too_deep(value, limits.max_depth):
+        depth = json_depth(value)
+        raise NotJson(
+            f"nested {depth} levels deep; at most {limits.max_depth} are allowed (ORCH_HANDLER__MAX_JSON_DEPTH)"
+        )
     return value
 
 
-def parse_submission(body: bytes | dict[str, Any]) -> UplinkSubmission:
+def parse_submission(body: bytes | dict[str, Any], limits: Limits = Limits()) -> UplinkSubmission:
     """Parse and check an uplink body from MQTT or HTTP (bytes) or already-parsed JSON."""
     if isinstance(body, bytes | bytearray):
         try:
-            body = load_json(body)
+            body = load_json(body, limits)
         except NotJson as err:
-            if str(err).startswith("nested"):
-                raise UplinkRejected(f"uplink is {err}") from err
-            raise UplinkRejected(f"uplink is not valid JSON: {err}") from err
+            raise UplinkRejected(f"uplink is {err}") from err
     if not isinstance(body, dict):
         raise UplinkRejected("uplink must be a JSON object")
-    if too_deep(body, MAX_JSON_DEPTH):
+    if too_deep(body, limits.max_depth):
         depth = json_depth(body)
-        raise UplinkRejected(f"uplink is nested {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed")
+        raise UplinkRejected(f"uplink is nested {depth} levels deep; at most {limits.max_depth} are allowed")
     try:
         return UplinkSubmission.model_validate(body)
     except ValidationError as err:

@@ -207,6 +207,15 @@ def test_bodies_that_are_not_json_an_api_can_keep_are_a_422_naming_the_body(orch
         problem = orchestrator.call("POST", path, 422, content=content, headers=headers).json()
         assert problem["errors"][0]["field"] == "(body)", (path, problem)
         assert "JSON" in problem["errors"][0]["message"], problem
+    # Past the limits: a device message's size and depth name their settings; a body too large for any route is 413.
+    large = {"f_port": 1, "decoded_payload": {"text": "x" * 140_000}}
+    problem = orchestrator.call("POST", f"{base}/uplinks", 422, json=large).json()
+    assert "at most 131072 are allowed (ORCH_HANDLER__MAX_MESSAGE_BYTES)" in problem["errors"][0]["message"]
+    deep = b'{"f_port": 1, "decoded_payload": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}"
+    problem = orchestrator.call("POST", f"{base}/uplinks", 422, content=deep, headers=headers).json()
+    assert "ORCH_HANDLER__MAX_JSON_DEPTH" in problem["errors"][0]["message"]
+    huge = orchestrator.call("POST", f"{base}/uplinks", 413, content=b"[" + b"1," * 600_000 + b"1]", headers=headers)
+    assert huge.text == "Content Too Large"  # Starlette's answer, before anything reads the body
     # An integer past 64 bits cannot be kept exactly (JSON parsers make it a float): refused by name, not a 500.
     big = 123456789012345678901234567890
     for path, body in (
