@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING
 import click
 import uvicorn
 from pydantic import ValidationError
+from pythonjsonlogger.json import JsonFormatter
 
 from .config import Settings
 from .errors import OrchestratorError, TemplateFileError
@@ -29,6 +30,8 @@ RENAMED_SETTINGS = {
     "ORCH_HANDLER__EVENT_BUFFER_SIZE": "events are kept in the log: see ORCH_EVENTS__RETENTION_COUNT, "
     "ORCH_EVENTS__RETENTION_DAYS and ORCH_EVENTS__STREAM_REPLAY_COUNT",
 }
+
+log = logging.getLogger(__name__)
 
 
 @click.group()
@@ -51,10 +54,10 @@ def serve(host: str | None, port: int | None) -> None:
             field = "ORCH_" + "__".join(str(part) for part in problem["loc"]).upper()
             click.echo(f"configuration error: {field}: {problem['msg']}", err=True)
         sys.exit(2)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings)
     for old, instead in RENAMED_SETTINGS.items():
         if old in os.environ:
-            click.echo(f"warning: {old} is no longer read; {instead}", err=True)
+            log.warning("%s is no longer read; %s", old, instead)
     lock = _lock_data_dir(settings.data_dir)  # held until the process exits
     try:
         app = create_app(settings, start_with_app=False)
@@ -63,9 +66,9 @@ def serve(host: str | None, port: int | None) -> None:
         sys.exit(2)
     token_file = settings.data_dir / "admin.token"
     if settings.admin_token is None:
-        click.echo(f"Admin token: in {token_file} (export TOKEN=$(cat {token_file}))")
+        log.info("Admin token: in %s (export TOKEN=$(cat %s))", token_file, token_file)
     runtime = app.state.orchestrator.runtime
-    click.echo(f"Runtime: {runtime.name}")
+    log.info("Runtime: %s", runtime.name)
     # Workers in containers on a bridge network reach the API through Docker's bridge address.
     hosts = [settings.host] + ([] if settings.public_url else runtime.extra_listen_addresses())
     try:
@@ -79,8 +82,12 @@ def serve(host: str | None, port: int | None) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # its loggers reach ours: one format for every line
     )
-    failure = asyncio.run(_run(app.state.orchestrator, uvicorn.Server(config), sockets))
+    try:
+        failure = asyncio.run(_run(app.state.orchestrator, uvicorn.Server(config), sockets))
+    except KeyboardInterrupt:  # uvicorn raises the signal again once it stopped: asked to stop, and stopped
+        failure = None
     lock.close()
     if failure:
         click.echo(f"cannot start: {failure}", err=True)
@@ -101,6 +108,21 @@ async def _run(orchestrator: Orchestrator, server: uvicorn.Server, sockets: list
     gc.freeze()
     await server.serve(sockets=sockets)
     return None
+
+
+def _configure_logging(settings: Settings) -> None:
+    """Lines of text, or one JSON object a line (ORCH_LOG_FORMAT=json) for log collectors."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:

@@ -152,6 +152,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(None, description="Fernet key for secrets at rest")
     templates_dir: Path = PROJECT_ROOT / "integration_templates"
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line")
     lease_seconds: float = Field(
         10.0,
         ge=3,

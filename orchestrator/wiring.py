@@ -28,6 +28,7 @@ from .services.events import EventService
 from .services.health import HealthService
 from .services.integrations import IntegrationService
 from .services.keys import KeyService
+from .services.metrics import MetricsService
 from .store import cluster as cluster_store
 from .store import integrations as integration_store
 from .store import keys as key_store
@@ -115,6 +116,19 @@ class Orchestrator:
             settings=settings, db=db, bus=bus, runtime=runtime, templates=templates, box=box, cluster=cluster
         )
         keys = KeyService(db, bus, accounts, box, admin_token)
+        health = HealthService(
+            bus=bus,
+            outbox=outbox,
+            log=event_log,
+            runtime=runtime,
+            templates=templates,
+            reconciler=reconciler,
+            broker=broker,
+            accounts=accounts,
+            watch=watch,
+            sessions=sessions,
+            cluster=cluster,
+        )
         services = Services(
             applications=ApplicationService(db, handler, reconciler, keys),
             keys=keys,
@@ -130,19 +144,8 @@ class Orchestrator:
                 runtime=runtime,
             ),
             events=EventService(db, event_log, bus, settings.events),
-            health=HealthService(
-                bus=bus,
-                outbox=outbox,
-                log=event_log,
-                runtime=runtime,
-                templates=templates,
-                reconciler=reconciler,
-                broker=broker,
-                accounts=accounts,
-                watch=watch,
-                sessions=sessions,
-                cluster=cluster,
-            ),
+            health=health,
+            metrics=MetricsService(db, health),
             templates=templates,
         )
         return cls(

@@ -11,6 +11,7 @@ from .events import EventService
 from .health import HealthService
 from .integrations import IntegrationService
 from .keys import KeyService, Principal
+from .metrics import MetricsService
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Services:
     integrations: IntegrationService
     events: EventService
     health: HealthService
+    metrics: MetricsService
     templates: TemplateRegistry
 
 

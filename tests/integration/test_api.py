@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -242,3 +245,16 @@ def test_bodies_that_are_not_json_an_api_can_keep_are_a_422_naming_the_body(orch
         ][0]["field"]
         == "query.offset"
     )
+
+
+def test_json_logs_are_one_object_a_line(tmp_path: Path, mosquitto: str) -> None:
+    orch = RunningOrchestrator(tmp_path / "o", ORCH_BROKER__MOSQUITTO_BINARY=mosquitto, ORCH_LOG_FORMAT="json").start()
+    try:
+        orch.create_application(APP)
+        orch.call("GET", f"/api/v1/applications/{APP}/devices/nobody", 404)
+    finally:
+        orch.stop()
+    lines = [line for line in (orch.data_dir / "orchestrator.log").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line, the server's own included
+    assert all({"time", "level", "logger", "message"} <= record.keys() for record in records), lines[:3]
+    assert any(record["message"].startswith("orchestrator ready") for record in records)

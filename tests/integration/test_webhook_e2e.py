@@ -388,3 +388,39 @@ def test_https_endpoint_signed_by_a_private_ca(orchestrator: RunningOrchestrator
         orchestrator.call("PATCH", base, 200, json={"config": {"ca_pem": ca.read_text()}})
         (received,) = wait_for(sink.accepted, timeout=60, what="delivery over HTTPS")
         assert received.path == "/in" and received.json()["uplink_message"]["decoded_payload"] == {"n": 1}
+
+
+def test_metrics_show_deliveries_failures_and_state(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def metrics() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        response = orchestrator.call("GET", "/metrics", 200)
+        assert response.headers["content-type"].startswith("text/plain")
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+
+    def delivered(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], outcome: str = "delivered") -> float:
+        key = (("application", APP), ("integration", "hook"), ("outcome", outcome))
+        return values.get(("iot_integration_messages_total", key), -1)
+
+    setup_app(orchestrator, "dev-1")
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config={"url": sink.url})
+    orchestrator.wait_state(APP, "hook", "running")
+    for n in range(5):
+        orchestrator.uplink(APP, "dev-1", {"f_port": 1, "f_cnt": n})
+    values = wait_for(lambda: (v := metrics()) and delivered(v) == 5 and v, what="5 deliveries in the metrics")
+    assert values[("iot_integration_state", (("application", APP), ("integration", "hook"), ("state", "running")))] == 1
+    assert values[("iot_integration_state", (("application", APP), ("integration", "hook"), ("state", "failed")))] == 0
+    assert values[("iot_broker_connected", ())] == 1 and values[("iot_cluster_leader", ())] == 1
+    # A target that refuses: the failure counts, and the counter moved from where it was.
+    sink.responder = lambda request: (400, {"Content-Type": "text/plain"}, b"no")
+    orchestrator.uplink(APP, "dev-1", {"f_port": 1, "f_cnt": 99})
+    wait_for(lambda: delivered(metrics(), "failed") == 1, what="the failure in the metrics")
+    # The admin token only: an application key may not read every application's numbers.
+    key = orchestrator.create_key(APP, "integrations:read")
+    assert orchestrator.api is not None
+    answer = orchestrator.api.get("/metrics", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 403

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..deps import PrincipalDep, ServicesDep
 
@@ -42,6 +43,23 @@ async def ready(services: ServicesDep) -> JSONResponse:
         {"status": body["status"], "broker": body["broker"], "database": body["database"]},
         status_code=200 if healthy else 503,
     )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus' text format",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def metrics(services: ServicesDep, who: PrincipalDep) -> Response:
+    """Every integration's counters and state, and this instance's own (admin; Prometheus sends the token as
+    `authorization: {credentials: ...}` in its scrape config)."""
+    who.require_admin()
+    return Response(await services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/v1/cluster")
