@@ -424,3 +424,39 @@ def test_metrics_show_deliveries_failures_and_state(orchestrator: RunningOrchest
     assert orchestrator.api is not None
     answer = orchestrator.api.get("/metrics", headers={"Authorization": f"Bearer {key}"})
     assert answer.status_code == 403
+
+
+def test_a_basic_auth_echo_is_masked_everywhere_it_could_show(
+    orchestrator: RunningOrchestrator, sink: HttpSink
+) -> None:
+    import base64
+
+    password = "s3cret-pass:word"
+    basic = base64.b64encode(f"alice:{password}".encode()).decode()
+    # A target that echoes the request's Authorization header, and refuses (so the answer is kept as an error).
+    sent: list[str] = []
+
+    def echo(request: Received) -> tuple[int, dict[str, str], bytes]:
+        sent.append(request.headers.get("authorization", ""))
+        return 400, {"Content-Type": "application/json"}, json.dumps({"you sent": sent[-1]}).encode()
+
+    sink.responder = echo
+    setup_app(orchestrator, "dev-1")
+    config = {"url": sink.url, "auth_username": "alice", "auth_password": password}
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config=config)
+    orchestrator.wait_state(APP, "hook", "running")
+    orchestrator.uplink(APP, "dev-1", {"f_port": 1})
+    base = f"/api/v1/applications/{APP}/integrations/hook"
+    errors = wait_for(lambda: orchestrator.call("GET", f"{base}/activity?kind=error", 200).json(), what="the error")
+    tested = orchestrator.call("POST", f"{base}/test", 200, json={}).json()
+    assert sent[0] == f"Basic {basic}"  # the target did get it
+    history = orchestrator.call("GET", f"/api/v1/applications/{APP}/events/history?limit=1000", 200).text
+    logs = orchestrator.call("GET", f"{base}/logs", 200).text
+    for where, text in (
+        ("activity", json.dumps(errors)),
+        ("test", json.dumps(tested)),
+        ("events", history),
+        ("logs", logs),
+    ):
+        assert basic not in text and password not in text, where
+    assert "you sent" in json.dumps(errors)  # the excerpt is there, masked

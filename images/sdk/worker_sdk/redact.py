@@ -2,19 +2,49 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import os
+import re
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary text
 
 
+# A run that could be base64 (standard or URL-safe, padded or not): decoded, it may carry a secret, as an echoed
+# `Authorization: Basic base64(user:password)` does.
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """The secret as it may appear written inside URLs, forms and JSON strings."""
+    return {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
+
+
+def _decoded(run: str) -> bytes:
+    text = run.rstrip("=")
+    text += "=" * (-len(text) % 4)
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            return decode(text)
+        except (binascii.Error, ValueError):
+            continue
+    return b""
+
+
 class Redactor:
-    """Replaces known secret values wherever they appear in text or JSON-like data."""
+    """Replaces known secret values wherever they appear in text or JSON-like data, in their encoded forms too
+    (percent-encoded, JSON-escaped, and inside anything base64)."""
 
     def __init__(self, secrets: list[str]) -> None:
         self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        forms = {form for secret in self.secrets for form in encoded_forms(secret)}
+        self.forms = sorted((form for form in forms if len(form) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+        self._raw = [secret.encode() for secret in self.secrets]
 
     @classmethod
     def from_environment(cls) -> Redactor:
@@ -25,10 +55,16 @@ class Redactor:
 
     def text(self, value: str) -> str:
         """The text with every secret masked."""
-        for secret in self.secrets:
-            if secret in value:
-                value = value.replace(secret, MASK)
-        return value
+        if not self.secrets:
+            return value
+        for form in self.forms:
+            if form in value:
+                value = value.replace(form, MASK)
+        return BASE64_RUN.sub(self._mask_if_carrying, value)
+
+    def _mask_if_carrying(self, match: re.Match[str]) -> str:
+        decoded = _decoded(match.group(0))
+        return MASK if decoded and any(secret in decoded for secret in self._raw) else match.group(0)
 
     def data(self, value: Any) -> Any:
         """A copy of JSON-like data with every secret masked in its strings."""
