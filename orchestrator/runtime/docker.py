@@ -28,6 +28,7 @@ MANAGED = f"{LABEL}.managed"
 INSTANCE = f"{LABEL}.instance"  # the instance that started it (for people; any instance of the cluster adopts it)
 CLUSTER = f"{LABEL}.cluster"
 MAX_NAME = 63
+CPU_PERIOD_US = 1_000_000  # the longest period the kernel allows
 HOST_ALIAS = "host.docker.internal"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -96,7 +97,11 @@ def container_options(
         "cap_drop": ["ALL"],
         "mem_limit": f"{spec.memory_mb}m",
         "memswap_limit": f"{spec.memory_mb}m",
-        "nano_cpus": int(spec.cpus * 1_000_000_000),
+        # The CPU limit as a share of each second rather than of each tenth (the default period): the same
+        # average, but a worker's start (~0.35 s of CPU importing its libraries) runs unthrottled instead of
+        # spread over 0.7 s at half a CPU.
+        "cpu_period": CPU_PERIOD_US,
+        "cpu_quota": max(1000, int(spec.cpus * CPU_PERIOD_US)),
         "pids_limit": 256,
         "restart_policy": {"Name": "unless-stopped"},
         "log_config": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
@@ -196,8 +201,9 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(f"image {spec.image} is not named by any registered template")
         self._ensure_image(spec.image)
         self._ensure_network()
-        old = [c for c in self._containers(spec.name) if c.labels.get(f"{LABEL}.config-hash") != spec.config_hash]
-        current = {c.name: c for c in self._containers(spec.name) if c not in old}
+        found = self._containers(spec.name)
+        old = [c for c in found if c.labels.get(f"{LABEL}.config-hash") != spec.config_hash]
+        current = {c.name: c for c in found if c not in old}
         started = []
         for replica in range(spec.replicas):
             options = container_options(spec, replica, self.settings.network, self.instance, self.cluster)

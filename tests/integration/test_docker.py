@@ -119,7 +119,7 @@ def test_webhook_in_a_hardened_container(
     assert host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"]
     assert "no-new-privileges:true" in host["SecurityOpt"]
-    assert host["Memory"] == 96 * 1024 * 1024 and host["NanoCpus"] == 500_000_000
+    assert host["Memory"] == 96 * 1024 * 1024 and (host["CpuQuota"], host["CpuPeriod"]) == (500_000, 1_000_000)
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
     assert not any("docker.sock" in mount.get("Source", "") for mount in attrs["Mounts"])
     labels = attrs["Config"]["Labels"]

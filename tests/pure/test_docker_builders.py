@@ -52,7 +52,7 @@ def test_options_are_hardened_and_limited() -> None:
     options = container_options(spec(), 0, "iot-orchestrator", "inst1")
     assert options["user"] == "65532:65532" and options["read_only"] is True
     assert options["cap_drop"] == ["ALL"] and options["security_opt"] == ["no-new-privileges:true"]
-    assert options["mem_limit"] == "64m" and options["nano_cpus"] == 250_000_000
+    assert options["mem_limit"] == "64m" and (options["cpu_quota"], options["cpu_period"]) == (250_000, 1_000_000)
     assert options["network"] == "iot-orchestrator"
     assert options["extra_hosts"] == {"host.docker.internal": "host-gateway"}
     assert options["environment"]["WORKER_REPLICA"] == "0" and options["environment"]["WORKER_REPLICAS"] == "2"
