@@ -77,7 +77,7 @@ def test_the_pods_are_hardened_and_limited() -> None:
         "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
     }
-    assert container["resources"]["limits"] == {"memory": "96Mi", "cpu": "250m"}
+    assert container["resources"] == {"requests": {"memory": "96Mi", "cpu": "250m"}, "limits": {"memory": "96Mi"}}
     # The image's health check is the probe.
     assert container["livenessProbe"]["exec"]["command"] == ["python3", "-m", "worker_sdk.healthcheck"]
     assert container["readinessProbe"]["exec"]["command"] == ["python3", "-m", "worker_sdk.healthcheck"]
