@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from ..errors import NotFoundError, TemplateFileError
 from .models import PLACEHOLDER, IntegrationTemplate
-from .values import FieldProblem, coerce
+from .values import FieldProblem, coerce, load_check
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,13 @@ def _cross_checks(template: IntegrationTemplate, path: Path) -> list[tuple[tuple
         for ref in _placeholders(value):
             if ref not in seen_ids:
                 problems.append((("environment", name), f"${{{ref}}} names no field of this template"))
+    if template.check is not None:
+        try:
+            load_check(template.check)
+        except (ImportError, AttributeError) as err:
+            problems.append(
+                (("check",), f"{template.check} cannot be loaded here ({err}); install the image's package")
+            )
     local_logo = template.logo and not template.logo.startswith(("http://", "https://"))
     logo_file = (path.parent / str(template.logo)).resolve()
     if local_logo and not logo_file.is_relative_to(path.parent.resolve()):

@@ -89,6 +89,12 @@ class IntegrationTemplate(BaseModel):
     environment: dict[str, Any] = Field(
         default_factory=dict, description="Fixed variables; `${field}` inserts a field's value"
     )
+    check: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="`module:function` of the image's own configuration check (the code its worker runs at "
+        "start): called with the worker's environment, what it returns is refused before anything runs",
+    )
 
     @field_validator("version")
     @classmethod

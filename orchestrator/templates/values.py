@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -122,7 +125,42 @@ def check_values(
         (resolved.secrets if spec.secret else resolved.public)[spec.id] = value
     if not problems:
         resolved.environment, resolved.secret_env = build_environment(template, {**resolved.public, **resolved.secrets})
+        problems = image_check(template, resolved.environment)
     return resolved, problems
+
+
+EnvironmentCheck = Callable[[Mapping[str, str]], list[tuple[str, str]]]
+
+
+@functools.cache
+def load_check(reference: str) -> EnvironmentCheck:
+    """The function a template names as `module:function`; ImportError or AttributeError if it is not there."""
+    module_name, _, function_name = reference.partition(":")
+    function: EnvironmentCheck = getattr(importlib.import_module(module_name), function_name)
+    return function
+
+
+def image_check(template: IntegrationTemplate, environment: dict[str, str]) -> list[dict[str, str]]:
+    """What the image's own start-up check refuses in this environment, as problems on the fields that set it."""
+    if template.check is None:
+        return []
+    problems = []
+    for variable, message in load_check(template.check)(environment):
+        field_id = field_of(template, variable)
+        spec = template.field(field_id) if field_id else None
+        label = spec.label if spec is not None else variable
+        problems.append({"field": f"config.{field_id}" if field_id else "config", "message": f"{label}: {message}"})
+    return problems
+
+
+def field_of(template: IntegrationTemplate, variable: str) -> str | None:
+    """The field whose value sets this environment variable (directly, or through `${field}`), if any."""
+    for spec in template.fields:
+        if spec.env == variable:
+            return spec.id
+    fixed = template.environment.get(variable)
+    used = PLACEHOLDER.findall(json.dumps(fixed)) if fixed is not None else []
+    return used[0] if used else None
 
 
 def _substitute(value: Any, values: dict[str, Any], used: set[str]) -> Any:

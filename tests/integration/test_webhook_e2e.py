@@ -460,3 +460,44 @@ def test_a_basic_auth_echo_is_masked_everywhere_it_could_show(
     ):
         assert basic not in text and password not in text, where
     assert "you sent" in json.dumps(errors)  # the excerpt is there, masked
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "says"),
+    [
+        ({"url": "http://127.0.0.1:9/", "headers": {"X-V": "{{#x}}"}}, "config.headers", "invalid Mustache"),
+        ({"url": "http://127.0.0.1:9/", "body_format": "raw", "body": "{{device_id"}, "config.body", "Mustache"),
+        ({"url": "http://127.0.0.1:9/", "body_format": "json", "body": "{not json"}, "config.body", "not valid JSON"),
+        ({"url": "http://127.0.0.1:9/", "headers": {"X-A": "one\r\nX-B: two"}}, "config.headers", "line break"),
+        ({"url": "{{x}}file:///etc/passwd"}, "config.url", "http"),
+        ({"url": "http://127.0.0.1:9/", "events": "up"}, "config.events", "unknown events"),
+        ({"url": "http://127.0.0.1:9/", "ca_pem": "not a certificate"}, "config.ca_pem", "PEM"),
+        ({"url": "http://127.0.0.1:9/", "response_template": "{{#a}}"}, "config.response_template", "Mustache"),
+    ],
+)
+def test_what_the_worker_would_refuse_is_refused_at_creation(
+    orchestrator: RunningOrchestrator, config: dict[str, Any], field: str, says: str
+) -> None:
+    setup_app(orchestrator)
+    base = f"/api/v1/applications/{APP}/integrations"
+    problem = orchestrator.call("POST", base, 422, json={"template_id": "webhook", "config": config}).json()
+    assert [error["field"] for error in problem["errors"]] == [field], problem
+    assert says in problem["errors"][0]["message"], problem
+    validated = orchestrator.call("POST", f"{base}/validate", 200, json={"template_id": "webhook", "config": config})
+    assert validated.json() == {"valid": False, "errors": problem["errors"]}
+    assert orchestrator.call("GET", base, 200).json()["total"] == 0
+
+
+def test_a_rendered_request_that_cannot_be_sent_fails_once(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    setup_app(orchestrator, "dev-1")
+    # The host comes from the device: a value that makes no http URL fails that message at once, never retried.
+    config = {"url": "http://{{{decoded_payload.host}}}/in"}
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config=config)
+    orchestrator.wait_state(APP, "hook", "running")
+    orchestrator.uplink(APP, "dev-1", {"f_port": 1, "decoded_payload": {"host": ""}})
+    counters = wait_for(
+        lambda: (c := orchestrator.integration(APP, "hook")["counters"])["failed"] == 1 and c, what="one failure"
+    )
+    assert counters["retried"] == 0
+    errors = orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/hook/activity?kind=error", 200).json()
+    assert "not an http(s) URL with a host" in errors[0]["message"]

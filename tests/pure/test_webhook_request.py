@@ -11,7 +11,7 @@ import pytest
 
 from webhook_worker.config import WebhookSettings
 from webhook_worker.render import JsonTemplate, TemplateError, build_context, lookup
-from webhook_worker.request import HeaderError, RequestBuilder, response_downlinks
+from webhook_worker.request import InvalidRequest, RequestBuilder, response_downlinks
 from webhook_worker.worker import retry_after_seconds
 from worker_sdk import Device, Event
 
@@ -131,7 +131,7 @@ def test_header_injection_is_refused() -> None:
     bad = dict(UPLINK, uplink_message=dict(UPLINK["uplink_message"], decoded_payload={"v": "a\r\nX-Evil: 1"}))
     builder = RequestBuilder(WebhookSettings(url="https://x.example", headers='{"X-V": "{{decoded_payload.v}}"}'))
     ev = Event("uplink", "t", "app-1", "dev-1", bad)
-    with pytest.raises(HeaderError):
+    with pytest.raises(InvalidRequest):
         builder.build(ev, build_context(ev, "hook"), b"{}")
 
 

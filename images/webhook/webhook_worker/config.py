@@ -42,8 +42,9 @@ class WebhookSettings(ImageSettings):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not value.lower().startswith(("http://", "https://", "{{")):
-            raise ValueError("must start with http:// or https://")
+        # The scheme is fixed text: a template cannot turn the request into file:// or anything but HTTP.
+        if not value.lower().startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (variables may follow)")
         return value
 
     @field_validator("events")

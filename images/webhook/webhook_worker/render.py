@@ -18,6 +18,8 @@ from pystache.parser import ParsingError
 from worker_sdk import Event
 
 # A JSON leaf that is a single tag, like "{{decoded_payload.temperature}}", keeps the value's JSON type.
+# `{{` (or `{{{`) with no `}}` after it before the next brace: a tag left open.
+UNCLOSED_TAG = re.compile(r"\{\{\{?+(?![^{}]*\}\})")
 SINGLE_TAG = re.compile(r"^\s*\{\{\{?\s*([\w.\-]+)\s*\}?\}\}\s*$")
 
 
@@ -134,6 +136,11 @@ class Template:
         self._renderer = pystache.Renderer(escape=escape, missing_tags="ignore")
         self._parsed: Any = None
         if not self.constant:
+            unclosed = UNCLOSED_TAG.search(source)
+            if unclosed is not None:  # pystache would send it as text, which nobody means
+                raise TemplateError(
+                    f"{where}: invalid Mustache template: a tag opened at {unclosed.start()} is not closed"
+                )
             try:
                 self._parsed = pystache.parse(source, raise_on_mismatch=True)
             except (ParsingError, KeyError, ValueError) as err:

@@ -6,7 +6,7 @@ import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from pydantic import ValidationError
 
@@ -36,8 +36,9 @@ class OutgoingRequest:
     body: bytes | None = None
 
 
-class HeaderError(ValueError):
-    """A rendered header value would split the header (it contains a line break)."""
+class InvalidRequest(ValueError):
+    """A rendered request cannot be sent as it is (a URL that is not HTTP, a header with a line break): sending it
+    again would not help."""
 
 
 def _template_map(text: str, where: str) -> dict[str, Template]:
@@ -55,6 +56,9 @@ class RequestBuilder:
         self.body_format = settings.body_format
         self.url = url_template(settings.url, "WEBHOOK_URL")
         self.headers = _template_map(settings.headers, "WEBHOOK_HEADERS")
+        for name, template in self.headers.items():
+            if "\r" in name + template.source or "\n" in name + template.source:
+                raise TemplateError(f"WEBHOOK_HEADERS.{name}: a header cannot hold a line break")
         self.query = _template_map(settings.query, "WEBHOOK_QUERY")
         self.body_json: JsonTemplate | None = None
         self.body_raw: Template | None = None
@@ -88,6 +92,9 @@ class RequestBuilder:
     def build(self, event: Event, context: dict[str, Any], raw_message: bytes) -> OutgoingRequest:
         """Render the request for one event."""
         url = self.url.render(context)
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise InvalidRequest(f"the rendered URL {url[:200]!r} is not an http(s) URL with a host")
         params = {name: template.render(context) for name, template in self.query.items()}
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)
@@ -97,7 +104,7 @@ class RequestBuilder:
         for name, template in self.headers.items():
             value = template.render(context)
             if "\r" in value or "\n" in value:
-                raise HeaderError(f"header {name} would contain a line break")
+                raise InvalidRequest(f"header {name} would contain a line break")
             headers[name] = value
         if self.auth_header:
             headers[self.auth_header[0]] = self.auth_header[1]

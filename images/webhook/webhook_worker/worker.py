@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -11,11 +10,12 @@ from typing import Any
 
 import aiohttp
 
-from worker_sdk import ConfigurationError, Event, PermanentError, RetryableError, Worker
+from worker_sdk import Event, PermanentError, RetryableError, Worker
 
+from .check import prepare
 from .config import WebhookSettings
-from .render import Template, TemplateError, build_context
-from .request import HeaderError, OutgoingRequest, RequestBuilder, response_downlinks
+from .render import build_context
+from .request import InvalidRequest, OutgoingRequest, response_downlinks
 
 EXCERPT_CHARS = 300
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -53,27 +53,11 @@ class WebhookWorker(Worker):
     def configure(self) -> None:
         """Compile every template once, naming the setting of each one that does not parse."""
         self.events = self.settings.event_names
-        try:
-            self.builder = RequestBuilder(self.settings)
-            self.response_template = Template(self.settings.response_template, "WEBHOOK_RESPONSE_TEMPLATE")
-            self.needs_context = self.builder.needs_context or bool(self.settings.response_template)
-        except TemplateError as err:
-            raise ConfigurationError([str(err)]) from err
-        self.ssl_context = self._ssl_context()
-
-    def _ssl_context(self) -> ssl.SSLContext | bool:
-        """False: no checks; True: aiohttp's verified context (built at import, so no second ~40 ms here)."""
-        settings = self.settings
-        if not settings.tls_verify or not (settings.ca_file or settings.ca_pem.strip()):
-            return settings.tls_verify
-        name = "WEBHOOK_CA_FILE" if settings.ca_file else "WEBHOOK_CA_PEM"
-        try:
-            context = ssl.create_default_context(cafile=settings.ca_file or None)
-            if settings.ca_pem.strip():
-                context.load_verify_locations(cadata=settings.ca_pem)
-        except (OSError, ssl.SSLError, ValueError) as err:
-            raise ConfigurationError([f"{name}: not a readable PEM certificate ({err})"]) from err
-        return context
+        prepared = prepare(self.settings)  # what the orchestrator checked before it accepted the configuration
+        self.builder = prepared.builder
+        self.response_template = prepared.response_template
+        self.needs_context = self.builder.needs_context or bool(self.settings.response_template)
+        self.ssl_context = prepared.ssl_context
 
     async def setup(self) -> None:
         """Open the HTTP client: TLS verification on unless turned off, one connection pool."""
@@ -95,7 +79,7 @@ class WebhookWorker(Worker):
         raw = event.raw or json.dumps(event.payload, separators=(",", ":")).encode()
         try:
             request = self.builder.build(event, context, raw)
-        except HeaderError as err:
+        except InvalidRequest as err:
             raise PermanentError(str(err)) from err
         status, body, duration_ms, retry_after = await self._send(request)
         details = {

@@ -1,0 +1,74 @@
+"""The webhook's configuration, compiled and checked: what the worker does at start, and what the orchestrator
+runs on a configuration before it accepts one (one code path, so validation equals what runs)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from worker_sdk import ConfigurationError
+
+from .config import WebhookSettings
+from .render import Template, TemplateError
+from .request import RequestBuilder
+
+
+@dataclass
+class Prepared:
+    """Everything the worker compiles once from its settings."""
+
+    builder: RequestBuilder
+    response_template: Template
+    ssl_context: ssl.SSLContext | bool
+
+
+def prepare(settings: WebhookSettings) -> Prepared:
+    """Compile every template and the TLS trust; ConfigurationError names the setting of each problem."""
+    try:
+        builder = RequestBuilder(settings)
+        response_template = Template(settings.response_template, "WEBHOOK_RESPONSE_TEMPLATE")
+    except TemplateError as err:
+        raise ConfigurationError([str(err)]) from err
+    return Prepared(builder, response_template, _ssl_context(settings))
+
+
+def _ssl_context(settings: WebhookSettings) -> ssl.SSLContext | bool:
+    """False: no checks; True: aiohttp's verified context (built at import, so no second ~40 ms here)."""
+    if not settings.tls_verify or not (settings.ca_file or settings.ca_pem.strip()):
+        return settings.tls_verify
+    name = "WEBHOOK_CA_FILE" if settings.ca_file else "WEBHOOK_CA_PEM"
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file or None)
+        if settings.ca_pem.strip():
+            context.load_verify_locations(cadata=settings.ca_pem)
+    except (OSError, ssl.SSLError, ValueError) as err:
+        raise ConfigurationError([f"{name}: not a readable PEM certificate ({err})"]) from err
+    return context
+
+
+def check_environment(environment: Mapping[str, str]) -> list[tuple[str, str]]:
+    """What the worker would refuse at start in this environment: (environment variable, why) for each problem."""
+    values = {name.removeprefix("WEBHOOK_").lower(): value for name, value in environment.items()}
+    values = {name: value for name, value in values.items() if name in WebhookSettings.model_fields}
+    try:
+        settings = WebhookSettings.model_validate(values)  # these values only, never the process's environment
+    except ValidationError as err:
+        return [
+            (
+                "WEBHOOK_" + "_".join(str(part) for part in item["loc"]).upper(),
+                item["msg"].removeprefix("Value error, "),
+            )
+            for item in err.errors()
+        ]
+    try:
+        prepare(settings)
+    except ConfigurationError as err:
+        found = []
+        for problem in err.problems:
+            where, _, message = problem.partition(": ")
+            found.append((where.split(".")[0].split("[")[0], message or problem))
+        return found
+    return []
