@@ -10,11 +10,14 @@ FROM ${BASE_IMAGE} AS build
 ARG PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST
 RUN python3 -m venv /opt/venv
 COPY images/sdk /src/images/sdk
-# The webhook image's package: its configuration check runs on webhook-based integrations before they are accepted.
+# The images' packages: their configuration checks run before an integration is accepted (templates: `check`).
 COPY images/webhook /src/images/webhook
+COPY images/google-pubsub /src/images/google-pubsub
+COPY images/azure-iot-hub /src/images/azure-iot-hub
 COPY pyproject.toml README.md /src/
 COPY orchestrator /src/orchestrator
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check /src/images/sdk /src/images/webhook /src \
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check /src/images/sdk /src/images/webhook \
+      /src/images/google-pubsub /src/images/azure-iot-hub /src \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools 2>/dev/null; rm -rf /opt/venv/lib/python3*/site-packages/pkg_resources
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutils >/dev/null \
  && find /opt/venv -name "*.so" -exec strip --strip-unneeded {} +

@@ -258,3 +258,19 @@ def test_json_logs_are_one_object_a_line(tmp_path: Path, mosquitto: str) -> None
     records = [json.loads(line) for line in lines]  # every line, the server's own included
     assert all({"time", "level", "logger", "message"} <= record.keys() for record in records), lines[:3]
     assert any(record["message"].startswith("orchestrator ready") for record in records)
+
+
+def test_each_image_s_own_check_refuses_what_its_worker_would(orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application(APP)
+    base = f"/api/v1/applications/{APP}/integrations"
+    for template, config, field, says in (
+        (
+            "google-pubsub",
+            {"project_id": "my-project", "topic": "t", "credentials_json": "{not json"},
+            "credentials_json",
+            "is not JSON",
+        ),
+        ("azure-iot-hub", {"hub_hostname": "hub.azure-devices.net", "policy_key": "%%%"}, "policy_key", "base64"),
+    ):
+        problem = orchestrator.call("POST", base, 422, json={"template_id": template, "config": config}).json()
+        assert [(e["field"], says in e["message"]) for e in problem["errors"]] == [(f"config.{field}", True)], problem

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 
 class HandlerSettings(BaseSettings):
@@ -68,3 +71,39 @@ class ImageSettings(BaseSettings):
     """Base class of an image's own configuration; subclasses set `env_prefix`."""
 
     model_config = SettingsConfigDict(extra="ignore")
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def read_settings(settings_class: type[S], environment: Mapping[str, str]) -> S:
+    """The settings as a worker with this environment reads them (pydantic-settings' own parsing: prefixes,
+    aliases, JSON values), from `environment` only, never the calling process's own variables."""
+
+    class GivenEnvironment(EnvSettingsSource):
+        def _load_env_vars(self) -> Mapping[str, str | None]:
+            return parse_env_vars(environment, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+    class Reading(settings_class):  # type: ignore[valid-type, misc]
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], **sources: PydanticBaseSettingsSource
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (GivenEnvironment(settings_cls),)
+
+    return Reading()
+
+
+def settings_problems(settings_class: type[BaseSettings], environment: Mapping[str, str]) -> list[tuple[str, str]]:
+    """What a worker would refuse reading its settings from this environment: (environment variable, why)."""
+    prefix = str(settings_class.model_config.get("env_prefix", ""))
+    try:
+        read_settings(settings_class, environment)
+    except ValidationError as err:
+        problems = []
+        for item in err.errors():
+            name = str(item["loc"][0]) if item["loc"] else ""
+            variable = name if name.isupper() else (prefix + name).upper() if name else prefix.rstrip("_")
+            problems.append((variable, str(item["msg"]).removeprefix("Value error, ")))
+        return problems
+    return []

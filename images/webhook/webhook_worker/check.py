@@ -7,9 +7,8 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from worker_sdk import ConfigurationError
+from worker_sdk.settings import read_settings, settings_problems
 
 from .config import WebhookSettings
 from .render import Template, TemplateError
@@ -51,20 +50,11 @@ def _ssl_context(settings: WebhookSettings) -> ssl.SSLContext | bool:
 
 def check_environment(environment: Mapping[str, str]) -> list[tuple[str, str]]:
     """What the worker would refuse at start in this environment: (environment variable, why) for each problem."""
-    values = {name.removeprefix("WEBHOOK_").lower(): value for name, value in environment.items()}
-    values = {name: value for name, value in values.items() if name in WebhookSettings.model_fields}
+    problems = settings_problems(WebhookSettings, environment)
+    if problems:
+        return problems
     try:
-        settings = WebhookSettings.model_validate(values)  # these values only, never the process's environment
-    except ValidationError as err:
-        return [
-            (
-                "WEBHOOK_" + "_".join(str(part) for part in item["loc"]).upper(),
-                item["msg"].removeprefix("Value error, "),
-            )
-            for item in err.errors()
-        ]
-    try:
-        prepare(settings)
+        prepare(read_settings(WebhookSettings, environment))
     except ConfigurationError as err:
         found = []
         for problem in err.problems:
