@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from worker_sdk import topics
 from worker_sdk.messages import end_device_ids, now_iso
-from worker_sdk.redact import Redactor
+from worker_sdk.redact import Redactor, secret_strings
 
 from ..bus import Bus, Listener
 from ..db import Database
@@ -169,7 +169,7 @@ class IntegrationService:
     async def logs(self, app_id: str, integration_id: str, tail: int) -> tuple[list[str], AsyncIterator[str]]:
         """The worker's last log lines, and an iterator of new ones, both with secrets masked."""
         record = await self.db.read(store.get_integration, app_id, integration_id)
-        secrets = [str(value) for value in self.box.open(record.secrets_encrypted, {}).values()]
+        secrets = secret_strings(self.box.open(record.secrets_encrypted, {}))
         redactor = Redactor([*secrets, self.box.open(record.key_encrypted)])
         lines = [redactor.text(line) for line in await self.runtime.logs(record.runtime_name, tail)]
 

@@ -501,3 +501,33 @@ def test_a_rendered_request_that_cannot_be_sent_fails_once(orchestrator: Running
     assert counters["retried"] == 0
     errors = orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/hook/activity?kind=error", 200).json()
     assert "not an http(s) URL with a host" in errors[0]["message"]
+
+
+def test_secret_headers_are_sent_but_never_shown(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    setup_app(orchestrator, "dev-1")
+    seen: list[Received] = []
+
+    def refuse_and_echo(request: Received) -> tuple[int, dict[str, str], bytes]:
+        seen.append(request)
+        return 400, {"Content-Type": "text/plain"}, f"key was {request.headers.get('x-api-key')}".encode()
+
+    sink.responder = refuse_and_echo
+    secret = {"X-Api-Key": "sekret-{{device_id}}-7781"}
+    config = {"url": sink.url, "headers": {"X-Plain": "visible"}, "secret_headers": secret}
+    created = orchestrator.create_integration(APP, id="hook", template_id="webhook", config=config)
+    assert "secret_headers" not in created["config"] and created["secrets_set"] == ["secret_headers"]
+    assert created["config"]["headers"] == {"X-Plain": "visible"}
+    orchestrator.wait_state(APP, "hook", "running")
+    orchestrator.uplink(APP, "dev-1", {"f_port": 1})
+    base = f"/api/v1/applications/{APP}/integrations/hook"
+    errors = wait_for(lambda: orchestrator.call("GET", f"{base}/activity?kind=error", 200).json(), what="the error")
+    assert seen[0].headers["x-api-key"] == "sekret-dev-1-7781" and seen[0].headers["x-plain"] == "visible"
+    shown = json.dumps(
+        [errors, orchestrator.integration(APP, "hook"), orchestrator.call("GET", f"{base}/logs", 200).json()]
+    )
+    assert "sekret" not in shown and "7781" not in shown
+    assert "key was ***" in json.dumps(errors)  # the echo was reported, masked
+    # A change elsewhere keeps the secret headers; an invalid one is refused without showing its value.
+    orchestrator.call("PATCH", base, 200, json={"config": {"headers": {"X-Plain": "changed"}}})
+    problem = orchestrator.call("PATCH", base, 422, json={"config": {"secret_headers": {"X-Key": "hidden-{{#x}}"}}})
+    assert "hidden" not in problem.text and "X-Key" in problem.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,22 @@ def _decoded(run: str) -> bytes:
     return b""
 
 
+def secret_strings(value: Any) -> list[str]:
+    """The strings a secret value is made of: itself, and for JSON (an object of secret headers, say) each
+    string in it, since each may be written out on its own."""
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in secret_strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in secret_strings(item)]
+    if not isinstance(value, str):
+        return [str(value)]
+    found = [value]
+    if value.lstrip().startswith(("{", "[")):
+        with contextlib.suppress(ValueError):
+            found += secret_strings(json.loads(value))
+    return found
+
+
 class Redactor:
     """Replaces known secret values wherever they appear in text or JSON-like data, in their encoded forms too
     (percent-encoded, JSON-escaped, and inside anything base64)."""
@@ -51,7 +68,7 @@ class Redactor:
         """Secrets named by `WORKER_SECRET_ENV` (set by the orchestrator) plus the handler key."""
         names = [n.strip() for n in os.environ.get("WORKER_SECRET_ENV", "").split(",") if n.strip()]
         names += ["HANDLER_API_KEY", "HANDLER_MQTT_PASSWORD"]
-        return cls([os.environ[name] for name in names if os.environ.get(name)])
+        return cls([text for name in names if os.environ.get(name) for text in secret_strings(os.environ[name])])
 
     def text(self, value: str) -> str:
         """The text with every secret masked."""

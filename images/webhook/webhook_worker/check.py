@@ -59,6 +59,8 @@ def check_environment(environment: Mapping[str, str]) -> list[tuple[str, str]]:
         found = []
         for problem in err.problems:
             where, _, message = problem.partition(": ")
-            found.append((where.split(".")[0].split("[")[0], message or problem))
+            variable = where.split(".")[0].split("[")[0]
+            inside = where[len(variable) :].lstrip(".")  # the header, key or item at fault within the variable
+            found.append((variable, f"{inside}: {message}" if inside and message else message or problem))
         return found
     return []

@@ -21,6 +21,9 @@ class WebhookSettings(ImageSettings):
     url: str = Field(description="Target URL, a Mustache template ({{device_id}} etc.)")
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: str = Field("{}", description="JSON object of header templates")
+    secret_headers: SecretStr = Field(
+        SecretStr("{}"), description="JSON object of header templates whose values are secret (API keys, tokens)"
+    )
     query: str = Field("{}", description="JSON object of query parameter templates")
     body_format: BodyFormat = Field("message", description="message: the event JSON as is")
     body: str = Field("", description="Body template: JSON for json/form, text for raw")

@@ -34,6 +34,7 @@ class OutgoingRequest:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
+    secrets: list[str] = field(default_factory=list)  # the rendered values of secret headers
 
 
 class InvalidRequest(ValueError):
@@ -48,6 +49,25 @@ def _template_map(text: str, where: str) -> dict[str, Template]:
     return {name: Template(item, f"{where}.{name}") for name, item in value.items()}
 
 
+def _secret_headers(text: str) -> dict[str, Template]:
+    """Secret header templates; a problem names the header, never its value (errors are shown and logged)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        raise TemplateError("WEBHOOK_SECRET_HEADERS: not a JSON object") from None
+    if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
+        raise TemplateError("WEBHOOK_SECRET_HEADERS: must be a JSON object of strings")
+    headers = {}
+    for name, source in value.items():
+        if "\r" in name + source or "\n" in name + source:
+            raise TemplateError(f"WEBHOOK_SECRET_HEADERS.{name}: a header cannot hold a line break")
+        try:
+            headers[name] = Template(source, f"WEBHOOK_SECRET_HEADERS.{name}")
+        except TemplateError:
+            raise TemplateError(f"WEBHOOK_SECRET_HEADERS.{name}: invalid Mustache template") from None
+    return headers
+
+
 class RequestBuilder:
     """The webhook's templates, compiled once, rendering one request per event."""
 
@@ -59,6 +79,7 @@ class RequestBuilder:
         for name, template in self.headers.items():
             if "\r" in name + template.source or "\n" in name + template.source:
                 raise TemplateError(f"WEBHOOK_HEADERS.{name}: a header cannot hold a line break")
+        self.secret_headers = _secret_headers(settings.secret_headers.get_secret_value())
         self.query = _template_map(settings.query, "WEBHOOK_QUERY")
         self.body_json: JsonTemplate | None = None
         self.body_raw: Template | None = None
@@ -86,7 +107,7 @@ class RequestBuilder:
     @property
     def needs_context(self) -> bool:
         """False when nothing is templated: the event is then forwarded without building variables."""
-        templates = [self.url, *self.headers.values(), *self.query.values()]
+        templates = [self.url, *self.headers.values(), *self.query.values(), *self.secret_headers.values()]
         return any(not t.constant for t in templates) or self.body_json is not None or self.body_raw is not None
 
     def build(self, event: Event, context: dict[str, Any], raw_message: bytes) -> OutgoingRequest:
@@ -106,9 +127,16 @@ class RequestBuilder:
             if "\r" in value or "\n" in value:
                 raise InvalidRequest(f"header {name} would contain a line break")
             headers[name] = value
+        secrets = []
+        for name, template in self.secret_headers.items():
+            value = template.render(context)
+            if "\r" in value or "\n" in value:
+                raise InvalidRequest(f"secret header {name} would contain a line break")
+            headers[name] = value
+            secrets.append(value)
         if self.auth_header:
             headers[self.auth_header[0]] = self.auth_header[1]
-        return OutgoingRequest(self.method, url, headers, self._body(context, raw_message))
+        return OutgoingRequest(self.method, url, headers, self._body(context, raw_message), secrets)
 
     def _body(self, context: dict[str, Any], raw_message: bytes) -> bytes | None:
         if self.body_format == "message":
