@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, FilePath, SecretStr, model_validator
+from pydantic import BaseModel, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker_sdk.outbound import ENVIRONMENT_VARIABLE as OUTBOUND_VARIABLE
+from worker_sdk.outbound import OutboundPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "admin", "password", "token"}
@@ -116,6 +120,36 @@ class KubernetesSettings(BaseModel):
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for a private registry")
 
 
+class OutboundSettings(BaseModel):
+    """Where workers may send requests (docs/webhook.md#where-requests-may-go). Cloud metadata and link-local
+    addresses are always closed; a denied request fails at once, naming the rule."""
+
+    private_networks: Literal["allow", "deny"] = Field("allow", description="10/8, 172.16/12, 192.168/16, ...")
+    loopback: Literal["allow", "deny"] = Field("allow", description="127.0.0.0/8 and ::1: this machine's services")
+    allow: list[str] = Field(default_factory=list, description="Networks (CIDR) open even inside a closed range")
+    deny: list[str] = Field(default_factory=list, description="More networks (CIDR) to close")
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError as err:
+                raise ValueError(f"{item!r} is not a network (CIDR) such as 10.1.0.0/16: {err}") from err
+        return value
+
+    @property
+    def policy(self) -> OutboundPolicy:
+        """The policy workers enforce."""
+        return OutboundPolicy.build(
+            private=self.private_networks == "allow",
+            loopback=self.loopback == "allow",
+            allow=self.allow,
+            deny=self.deny,
+        )
+
+
 class RuntimeSettings(BaseModel):
     """Where and how integration workers run."""
 
@@ -163,6 +197,7 @@ class Settings(BaseSettings):
     handler: HandlerSettings = HandlerSettings()
     events: EventSettings = EventSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    outbound: OutboundSettings = OutboundSettings()
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
@@ -185,6 +220,12 @@ class Settings(BaseSettings):
         """The API URL workers are given."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return self.public_url or f"http://{host}:{self.port}"
+
+    @cached_property
+    def worker_environment(self) -> dict[str, str]:
+        """What every worker gets from the orchestrator beyond its template's variables that an image's own
+        check must see too: the outbound policy."""
+        return {OUTBOUND_VARIABLE: self.outbound.policy.to_json()}
 
     @cached_property
     def instance_id(self) -> str:

@@ -66,7 +66,7 @@ class Orchestrator:
         db = Database(settings.resolved_database_url)
         db.migrate()
         cluster_id = db.run_now(cluster_store.cluster_id)  # the runtimes label workers with it
-        templates = TemplateRegistry(settings.templates_dir).load()
+        templates = TemplateRegistry(settings.templates_dir, settings.worker_environment).load()
         secret_key = settings.persistent_secret("secret.key", settings.secret_key, factory="fernet")
         box = SecretBox(secret_key)
         identity = Identity(

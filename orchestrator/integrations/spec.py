@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..config import Settings
@@ -13,10 +14,13 @@ from ..templates import IntegrationTemplate, ResolvedConfig, check_values
 
 
 def resolve(
-    template: IntegrationTemplate, values: dict[str, Any], kept_secrets: dict[str, Any] | None = None
+    template: IntegrationTemplate,
+    values: dict[str, Any],
+    kept_secrets: dict[str, Any] | None = None,
+    worker_environment: Mapping[str, str] | None = None,
 ) -> ResolvedConfig:
-    """Check values against the template; ValidationFailed lists every problem at once."""
-    resolved, problems = check_values(template, values, kept_secrets)
+    """Check values against the template (and its image's own check); ValidationFailed lists every problem."""
+    resolved, problems = check_values(template, values, kept_secrets, worker_environment)
     if problems:
         raise ValidationFailed(problems)
     return resolved
@@ -33,11 +37,12 @@ def build_spec(
     record: Integration, template: IntegrationTemplate, box: SecretBox, settings: Settings, runtime: Runtime
 ) -> WorkerSpec:
     """The worker spec: the template's image, the field environment, and how to reach the handler."""
-    resolved = resolve(template, record.config, box.open(record.secrets_encrypted, {}))
+    resolved = resolve(template, record.config, box.open(record.secrets_encrypted, {}), settings.worker_environment)
     key = box.open(record.key_encrypted)
     broker_url, api_url = runtime.worker_urls(settings.broker.url, settings.api_url)
     environment = {
         **resolved.environment,
+        **settings.worker_environment,
         "HANDLER_MQTT_URL": settings.broker.worker_url or broker_url,
         "HANDLER_API_URL": settings.public_url or api_url,
         "HANDLER_APPLICATION_ID": record.application_id,

@@ -119,7 +119,7 @@ class IntegrationService:
         await self.db.read(application_store.get_application, app_id)
         template = self.templates.get(data.template_id)
         try:
-            resolve(template, data.config)
+            resolve(template, data.config, worker_environment=self.templates.worker_environment)
         except ValidationFailed as err:
             return ValidationResult(valid=False, errors=err.errors)
         return ValidationResult(valid=True)

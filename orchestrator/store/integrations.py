@@ -122,7 +122,7 @@ def create_integration(
     get_application(session, app_id)
     template = templates.get(data.template_id)
     check_replicas(template, data.replicas)
-    resolved = resolve(template, data.config)
+    resolved = resolve(template, data.config, worker_environment=templates.worker_environment)
     integration_id = data.id or _new_id(session, app_id, template.id)
     if session.get(Integration, (app_id, integration_id)) is not None:
         raise ConflictError(f"integration {integration_id!r} exists already in {app_id}")
@@ -176,7 +176,7 @@ def update_integration(
                 target.pop(name, None)
             else:
                 target[name] = value
-        resolved = resolve(template, {**public, **kept})
+        resolved = resolve(template, {**public, **kept}, worker_environment=templates.worker_environment)
         record.config = resolved.public
         record.secrets_encrypted = box.seal(resolved.secrets) if resolved.secrets else ""
         record.template_version = template.version

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from .values import FieldProblem, coerce, load_check
 log = logging.getLogger(__name__)
 
 # Variables the orchestrator sets for every worker; a template may not set them.
-RESERVED_ENV = re.compile(r"^(HANDLER_.*|INTEGRATION_ID|WORKER_REPLICAS?|WORKER_SECRET_ENV|WORKER_HEALTH_FILE)$")
+RESERVED_ENV = re.compile(
+    r"^(HANDLER_.*|INTEGRATION_ID|WORKER_REPLICAS?|WORKER_SECRET_ENV|WORKER_HEALTH_FILE|WORKER_OUTBOUND_POLICY)$"
+)
 
 
 def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
@@ -160,8 +163,10 @@ def load_template(path: Path) -> IntegrationTemplate:
 class TemplateRegistry:
     """Every template from the templates directory, by id."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, worker_environment: Mapping[str, str] | None = None) -> None:
         self.directory = directory
+        # What the orchestrator gives every worker besides a template's variables (images' checks see it).
+        self.worker_environment = dict(worker_environment or {})
         self.templates: dict[str, IntegrationTemplate] = {}
         self.broken: dict[str, list[str]] = {}
 

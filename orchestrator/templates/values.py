@@ -95,11 +95,15 @@ class ResolvedConfig:
 
 
 def check_values(
-    template: IntegrationTemplate, values: dict[str, Any], kept_secrets: dict[str, Any] | None = None
+    template: IntegrationTemplate,
+    values: dict[str, Any],
+    kept_secrets: dict[str, Any] | None = None,
+    worker_environment: Mapping[str, str] | None = None,
 ) -> tuple[ResolvedConfig, list[dict[str, str]]]:
     """Validate every field at once; returns the resolved config and the list of problems.
 
     `kept_secrets` holds the secret values already stored: a secret left out of `values` keeps its value.
+    `worker_environment`: what the orchestrator gives every worker besides (the image's check sees it too).
     """
     problems: list[dict[str, str]] = []
     resolved = ResolvedConfig()
@@ -125,7 +129,7 @@ def check_values(
         (resolved.secrets if spec.secret else resolved.public)[spec.id] = value
     if not problems:
         resolved.environment, resolved.secret_env = build_environment(template, {**resolved.public, **resolved.secrets})
-        problems = image_check(template, resolved.environment)
+        problems = image_check(template, {**resolved.environment, **(worker_environment or {})})
     return resolved, problems
 
 

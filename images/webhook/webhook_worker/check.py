@@ -6,8 +6,10 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from worker_sdk import ConfigurationError
+from worker_sdk.outbound import OutboundPolicy
 from worker_sdk.settings import read_settings, settings_problems
 
 from .config import WebhookSettings
@@ -24,10 +26,14 @@ class Prepared:
     ssl_context: ssl.SSLContext | bool
 
 
-def prepare(settings: WebhookSettings) -> Prepared:
+def prepare(settings: WebhookSettings, policy: OutboundPolicy) -> Prepared:
     """Compile every template and the TLS trust; ConfigurationError names the setting of each problem."""
+    host = urlsplit(settings.url).hostname or ""
+    refused = policy.refuses_host(host) if "{{" not in settings.url.split("//", 1)[-1].split("/", 1)[0] else None
+    if refused is not None:
+        raise ConfigurationError([f"WEBHOOK_URL: the outbound policy closes {host}: {refused}"])
     try:
-        builder = RequestBuilder(settings)
+        builder = RequestBuilder(settings, policy)
         response_template = Template(settings.response_template, "WEBHOOK_RESPONSE_TEMPLATE")
     except TemplateError as err:
         raise ConfigurationError([str(err)]) from err
@@ -54,7 +60,7 @@ def check_environment(environment: Mapping[str, str]) -> list[tuple[str, str]]:
     if problems:
         return problems
     try:
-        prepare(read_settings(WebhookSettings, environment))
+        prepare(read_settings(WebhookSettings, environment), OutboundPolicy.from_environment(environment))
     except ConfigurationError as err:
         found = []
         for problem in err.problems:

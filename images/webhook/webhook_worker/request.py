@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from worker_sdk import Event
 from worker_sdk.messages import Downlink, describe_errors
+from worker_sdk.outbound import OutboundPolicy
 
 from .config import WebhookSettings
 from .render import (
@@ -71,7 +72,8 @@ def _secret_headers(text: str) -> dict[str, Template]:
 class RequestBuilder:
     """The webhook's templates, compiled once, rendering one request per event."""
 
-    def __init__(self, settings: WebhookSettings) -> None:
+    def __init__(self, settings: WebhookSettings, policy: OutboundPolicy | None = None) -> None:
+        self.policy = policy or OutboundPolicy.build()
         self.method = settings.method
         self.body_format = settings.body_format
         self.url = url_template(settings.url, "WEBHOOK_URL")
@@ -116,6 +118,9 @@ class RequestBuilder:
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise InvalidRequest(f"the rendered URL {url[:200]!r} is not an http(s) URL with a host")
+        refused = self.policy.refuses_host(parts.hostname)
+        if refused is not None:
+            raise InvalidRequest(f"the outbound policy closes {parts.hostname}: {refused}")
         params = {name: template.render(context) for name, template in self.query.items()}
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)

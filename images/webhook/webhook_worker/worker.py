@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -11,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from worker_sdk import Event, PermanentError, RetryableError, Worker
+from worker_sdk.outbound import OutboundPolicy
 from worker_sdk.redact import Redactor
 
 from .check import prepare
@@ -45,6 +48,30 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
+class OutboundRefused(OSError):
+    """Every address a name resolves to is closed by the outbound policy."""
+
+
+class PolicyResolver(aiohttp.abc.AbstractResolver):
+    """Resolves names as usual, then keeps only the addresses the outbound policy allows: the connection goes
+    to an address that was checked, so a name that resolves elsewhere later cannot slip through."""
+
+    def __init__(self, policy: OutboundPolicy) -> None:
+        self.policy = policy
+        self.resolver = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
+        found = await self.resolver.resolve(host, port, family)
+        allowed = [item for item in found if self.policy.refuses_address(item["host"]) is None]
+        if not allowed:
+            rule = self.policy.refuses_address(found[0]["host"]) if found else "no address"
+            raise OutboundRefused(f"the outbound policy closes {host} ({found[0]['host'] if found else '?'}): {rule}")
+        return allowed
+
+    async def close(self) -> None:
+        await self.resolver.close()
+
+
 class WebhookWorker(Worker):
     """Sends events to an HTTP endpoint with retries; the response template can answer with a downlink."""
 
@@ -54,7 +81,8 @@ class WebhookWorker(Worker):
     def configure(self) -> None:
         """Compile every template once, naming the setting of each one that does not parse."""
         self.events = self.settings.event_names
-        prepared = prepare(self.settings)  # what the orchestrator checked before it accepted the configuration
+        self.policy = OutboundPolicy.from_environment(os.environ)
+        prepared = prepare(self.settings, self.policy)  # what the orchestrator checked before it accepted it
         self.builder = prepared.builder
         self.response_template = prepared.response_template
         self.needs_context = self.builder.needs_context or bool(self.settings.response_template)
@@ -63,7 +91,9 @@ class WebhookWorker(Worker):
     async def setup(self) -> None:
         """Open the HTTP client: TLS verification on unless turned off, one connection pool."""
         self.client = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.worker.concurrency, ssl=self.ssl_context),
+            connector=aiohttp.TCPConnector(
+                limit=self.worker.concurrency, ssl=self.ssl_context, resolver=PolicyResolver(self.policy)
+            ),
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
         )
 
@@ -115,6 +145,12 @@ class WebhookWorker(Worker):
                 location = response.headers.get("Location", "")
         except aiohttp.InvalidURL as err:
             raise PermanentError(f"invalid request URL {request.url!r}: {err}") from err
+        except aiohttp.ClientConnectorError as err:
+            if isinstance(err.os_error, OutboundRefused):  # every address the name resolves to is closed
+                raise PermanentError(f"{request.method} {request.url} not sent: {err.os_error}") from err
+            raise RetryableError(
+                f"{request.method} {request.url} failed: {err}", request={"method": request.method, "url": request.url}
+            ) from err
         # Before ValueError: certificate errors are ValueErrors too, and may pass (a renewed certificate).
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             kind = "timed out" if isinstance(err, TimeoutError) else f"failed: {err}"
