@@ -193,6 +193,9 @@ class Settings(BaseSettings):
         le=120,
         description="The leader's lease: another instance takes over within about 1.3 times this after it dies",
     )
+    dead_letters_per_integration: int = Field(
+        1000, ge=1, le=1_000_000, description="Dead letters kept per integration; past it, the oldest go"
+    )
     broker: BrokerSettings = BrokerSettings()
     handler: HandlerSettings = HandlerSettings()
     events: EventSettings = EventSettings()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from worker_sdk.messages import Base64Str, Eui, Identifier
 
@@ -181,6 +181,7 @@ class IntegrationCounters(BaseModel):
     failed: int
     retried: int
     duplicates: int = Field(description="Copies of messages the workers recognised and dropped (see docs)")
+    dead_lettered: int = Field(0, description="Messages parked as dead letters after failing for good")
     last_delivery_at: datetime | None
 
 
@@ -230,3 +231,36 @@ class TestOutcome(BaseModel):
     message: str
     event: dict[str, Any] | None
     uplink: dict[str, Any]
+
+
+# -- dead letters ------------------------------------------------------------------------------
+
+
+class DeadLetterPublic(BaseModel):
+    id: int
+    at: datetime
+    event: str = Field(description="What the message was (uplink, downlink.sent, ...)")
+    device_id: str | None
+    topic: str = Field(description="Where it came from")
+    message: Any = Field(description="The message as the worker received it: JSON, or text (base64 if `encoding` says)")
+    encoding: Literal["utf-8", "base64"]
+    error: str = Field(description="Why it failed for good")
+    details: dict[str, Any] = Field(description="The request sent and the last answer, as the worker reported them")
+    attempts: int
+
+
+class DeadLetterSelection(Strict):
+    """Which dead letters: these ids, or all of them."""
+
+    ids: list[int] | None = Field(None, min_length=1, max_length=10_000)
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _one_way(self) -> DeadLetterSelection:
+        if (self.ids is None) == (not self.all):
+            raise ValueError("give either ids or all: true")
+        return self
+
+
+class DeadLetterOutcome(BaseModel):
+    count: int = Field(description="How many were sent again, or deleted")

@@ -23,6 +23,7 @@ from .runtime import Runtime, make_runtime
 from .secretbox import SecretBox
 from .services import Services
 from .services.applications import ApplicationService
+from .services.dead_letters import DeadLetterService
 from .services.devices import DeviceService
 from .services.events import EventService
 from .services.health import HealthService
@@ -110,7 +111,7 @@ class Orchestrator:
             successor=Succession(bus, outbox) if clustered else None,
         )
         handler = Handler(settings.handler, db, bus, outbox)
-        recorder = IntegrationRecorder(db, bus, outbox)
+        recorder = IntegrationRecorder(db, bus, outbox, settings.dead_letters_per_integration)
         runtime = make_runtime(settings, allowed_images=templates.images, cluster=cluster_id)
         reconciler = Reconciler(
             settings=settings, db=db, bus=bus, runtime=runtime, templates=templates, box=box, cluster=cluster
@@ -143,6 +144,7 @@ class Orchestrator:
                 handler=handler,
                 runtime=runtime,
             ),
+            dead_letters=DeadLetterService(db, bus),
             events=EventService(db, event_log, bus, settings.events),
             health=health,
             metrics=MetricsService(db, health),

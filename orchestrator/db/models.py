@@ -133,6 +133,7 @@ class Integration(Base):
     failed: Mapped[int] = mapped_column(Integer, default=0)
     retried: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)  # copies its workers recognised and dropped
+    dead_lettered: Mapped[int] = mapped_column(Integer, default=0)  # messages parked after failing for good
     last_delivery_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
@@ -156,6 +157,26 @@ class IntegrationActivity(Base):
     message: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class DeadLetter(Base):
+    """A message that failed for good, kept in full until it is sent again or deleted."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_integration", "application_id", "integration_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    application_id: Mapped[str] = mapped_column(String(36))
+    integration_id: Mapped[str] = mapped_column(String(36))
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    event: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(36), default="")
+    topic: Mapped[str] = mapped_column(String(500))
+    payload: Mapped[str] = mapped_column(Text)  # the message as the worker received it
+    encoding: Mapped[str] = mapped_column(String(16), default="utf-8")  # or base64, for bytes that are not text
+    error: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the request and the last answer
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
 
 
 class IntegrationStats(Base):

@@ -19,6 +19,7 @@ from ..db.models import Integration, IntegrationActivity, IntegrationStats, utcn
 from ..db.session import retry_until_stored
 from ..events.log import NewEvent
 from ..events.outbox import Outbox
+from ..store.dead_letters import park
 
 log = logging.getLogger(__name__)
 ACTIVITY_KEPT = 200
@@ -94,11 +95,47 @@ def add_stats(session: Session, *, app_id: str, integration_id: str, delta: dict
 class IntegrationRecorder:
     """Listens to what workers publish: events go to the log and the stream, history and counters to the database."""
 
-    def __init__(self, db: Database, bus: Bus, outbox: Outbox) -> None:
+    def __init__(self, db: Database, bus: Bus, outbox: Outbox, dead_letter_limit: int = 1000) -> None:
         self.db = db
         self.outbox = outbox
+        self.dead_letter_limit = dead_letter_limit
         bus.subscribe(topics.integration_topic("+", "+", "events/+"), self._on_event, once=True)
         bus.subscribe(topics.integration_topic("+", "+", "stats"), self._on_stats, once=True)
+        bus.subscribe(topics.integration_topic("+", "+", topics.DEAD_LETTERS), self._on_dead_letter, once=True)
+
+    async def _on_dead_letter(self, topic: str, payload: bytes) -> None:
+        await _acknowledged(self._record_dead_letter, topic, payload)
+
+    async def _record_dead_letter(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        data = _json_object(topic, payload)
+        if len(parts) != 5 or data is None:
+            return
+        app_id, integration_id = parts[1], parts[3]
+        letter = {
+            "topic": str(data.get("topic", ""))[:500],
+            "payload": str(data.get("payload", "")),
+            "encoding": "base64" if data.get("encoding") == "base64" else "utf-8",
+            "event": str(data.get("event", "unknown"))[:64],
+            "device_id": str(data.get("device_id") or "")[:36],
+            "error": str(data.get("error", ""))[:10_000],
+            "details": data["details"] if isinstance(data.get("details"), dict) else {},
+            "attempts": data["attempts"] if isinstance(data.get("attempts"), int) else 1,
+        }
+        kept = await retry_until_stored(
+            lambda: self.db.run(
+                park, app_id=app_id, integration_id=integration_id, letter=letter, limit=self.dead_letter_limit
+            ),
+            what=topic,
+        )
+        if kept == self.dead_letter_limit:  # full now: the next one pushes out the oldest
+            message = (
+                f"{kept} dead letters are kept, the most an integration keeps (ORCH_DEAD_LETTERS_PER_INTEGRATION): "
+                "each new one now removes the oldest; replay or delete them"
+            )
+            body = {"application_id": app_id, "integration_id": integration_id, "message": message, "kept": kept}
+            event = NewEvent(app_id, "integration.dead_letters.full", json.dumps(body), integration_id=integration_id)
+            await retry_until_stored(lambda: self.outbox.emit(event), what=topic)
 
     async def _on_event(self, topic: str, payload: bytes) -> None:
         await _acknowledged(self._record_event, topic, payload)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..templates import TemplateRegistry
 from .applications import ApplicationService
+from .dead_letters import DeadLetterService
 from .devices import DeviceService
 from .events import EventService
 from .health import HealthService
@@ -22,6 +23,7 @@ class Services:
     keys: KeyService
     devices: DeviceService
     integrations: IntegrationService
+    dead_letters: DeadLetterService
     events: EventService
     health: HealthService
     metrics: MetricsService

@@ -95,6 +95,7 @@ class IntegrationService:
                 "failed": values["failed"],
                 "retried": values["retried"],
                 "duplicates": values["duplicates"],
+                "dead_lettered": values["dead_lettered"],
                 "last_delivery_at": values["last_delivery_at"],
             },
             "created_at": values["created_at"],

@@ -17,7 +17,7 @@ from ..db.models import Integration
 from ..runtime.base import WorkerState
 from .health import HealthService
 
-OUTCOMES = ("delivered", "failed", "retried", "duplicates")
+OUTCOMES = ("delivered", "failed", "retried", "duplicates", "dead_lettered")
 INTEGRATION_LABELS = ["application", "integration"]
 
 
@@ -39,7 +39,7 @@ class _Snapshot(Collector):
         messages = CounterMetricFamily(
             "iot_integration_messages",
             "Messages an integration's workers handled, by outcome (delivered, failed for good, retried, "
-            "duplicates dropped)",
+            "duplicates dropped, dead_lettered: parked to be sent again)",
             labels=[*INTEGRATION_LABELS, "outcome"],
         )
         state = GaugeMetricFamily(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ..db.models import Application, EventRecord, IntegrationActivity, IntegrationStats
+from ..db.models import Application, DeadLetter, EventRecord, IntegrationActivity, IntegrationStats
 from ..errors import ConflictError, NotFoundError
 from ..schemas import ApplicationCreate, ApplicationUpdate
 
@@ -45,6 +45,6 @@ def list_applications(session: Session) -> list[Application]:
 def delete_application(session: Session, *, app_id: str) -> None:
     """Delete an application with its devices, keys, downlinks, integration records and logged events."""
     application = get_application(session, app_id)
-    for table in (IntegrationActivity, IntegrationStats, EventRecord):
+    for table in (IntegrationActivity, IntegrationStats, DeadLetter, EventRecord):
         session.execute(delete(table).where(table.application_id == app_id))
     session.delete(application)

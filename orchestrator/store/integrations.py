@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, load_only
 
-from ..db.models import ApiKey, Integration, IntegrationActivity, IntegrationStats, utcnow
+from ..db.models import ApiKey, DeadLetter, Integration, IntegrationActivity, IntegrationStats, utcnow
 from ..errors import ConflictError, NotFoundError
 from ..integrations.spec import check_replicas, resolve
 from ..keys import INTEGRATION_SCOPES
@@ -225,7 +225,7 @@ def delete_integration(session: Session, *, app_id: str, integration_id: str) ->
     """Delete the record, its key, its history and counters; returns it so the worker can be removed."""
     record = get_integration(session, app_id, integration_id)
     session.execute(delete(ApiKey).where(ApiKey.id == record.key_id))
-    for table in (IntegrationActivity, IntegrationStats):
+    for table in (IntegrationActivity, IntegrationStats, DeadLetter):
         session.execute(delete(table).where(table.application_id == app_id, table.integration_id == integration_id))
     session.delete(record)
     return record

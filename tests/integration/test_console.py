@@ -211,3 +211,27 @@ def test_console_pages_through_many_integrations_and_devices(
     page.get_by_role("button", name="Previous").click()
     expect(page.locator("[data-device=sensor-00]")).to_be_visible()
     page.close()
+
+
+def test_a_user_sees_a_dead_letter_and_sends_it_again(
+    page: Page, orchestrator: RunningOrchestrator, sink: HttpSink
+) -> None:
+    refusing = [True]
+    sink.responder = lambda request: (400, {}, b"no such channel") if refusing[0] else (204, {}, b"")
+    orchestrator.create_application("plant")
+    orchestrator.create_device("plant", "pump-1")
+    orchestrator.create_integration("plant", id="hook", template_id="webhook", config={"url": sink.url})
+    orchestrator.wait_state("plant", "hook", "running")
+    orchestrator.uplink("plant", "pump-1", {"f_port": 1, "decoded_payload": {"rpm": 1200}})
+    sign_in(page, orchestrator)
+    page.goto(orchestrator.url + "/#/apps/plant/integrations/hook")
+    letter = page.locator(".dead-letter").first
+    expect(letter).to_contain_text("HTTP 400", timeout=20_000)
+    expect(page.locator("[data-counter=dead_lettered]")).to_have_text("1", timeout=15_000)
+    letter.locator("summary").click()
+    expect(letter).to_contain_text('"rpm": 1200')  # the whole message
+    refusing[0] = False
+    letter.get_by_role("button", name="Replay").click()
+    expect(page.get_by_text("None: nothing failed for good.")).to_be_visible(timeout=15_000)
+    received = wait_for(sink.accepted, what="the replayed uplink")[0]
+    assert received.json()["uplink_message"]["decoded_payload"] == {"rpm": 1200}

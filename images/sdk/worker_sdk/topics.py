@@ -46,6 +46,10 @@ def event_topic(app_id: str, event: str, device_id: str = "+") -> str:
     return device_topic(app_id, device_id, EVENT_DEVICE_TOPICS[event])
 
 
+DEAD_LETTERS = "dead-letters"  # under an integration: messages that failed for good, from its workers
+REPLAY = "replay"  # under an integration: dead letters sent again, to its workers
+
+
 def integration_topic(app_id: str, integration_id: str, suffix: str) -> str:
     """Topic under one integration, for example `v3/app/integrations/int/events/error`."""
     return f"{PREFIX}/{app_id}/integrations/{integration_id}/{suffix}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import os
@@ -232,6 +234,9 @@ class Worker:
         self.mqtt.subscribe(topics.device_topic(self.app_id, "+", "events/+"), self._on_device_message)
         # The console's TEST button: a sample uplink for this integration only.
         self.mqtt.subscribe(topics.integration_topic(self.app_id, self.integration_id, "test"), self._on_test)
+        # Dead letters sent again (the API's replay): handled once, by one replica.
+        replay = topics.integration_topic(self.app_id, self.integration_id, topics.REPLAY)
+        self.mqtt.subscribe(topics.shared(group, replay), self._on_replay)
         if self.confirm_downlinks:
             for suffix in ("down/queued", "down/failed"):
                 self.mqtt.subscribe(topics.device_topic(self.app_id, "+", suffix), self._on_downlink_outcome)
@@ -347,6 +352,26 @@ class Worker:
             return
         await self._on_message(topics.device_topic(self.app_id, device_id, "up"), payload)
 
+    async def _on_replay(self, topic: str, payload: bytes) -> None:
+        """A dead letter sent again: handled as when it first came (copies are not looked for: it was handled
+        before, and failed)."""
+        try:
+            letter = json.loads(payload)
+            original = str(letter["topic"])
+            raw = (
+                base64.b64decode(letter["payload"])
+                if letter.get("encoding") == "base64"
+                else letter["payload"].encode()
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            log.warning("ignoring a malformed replay")
+            return
+        if not original.startswith(f"{topics.PREFIX}/{self.app_id}/"):
+            log.warning("ignoring a replay of another application's message: %s", original)
+            return
+        await self._ready.wait()
+        await self._handle_once(original, raw)
+
     async def _on_message(self, topic: str, payload: bytes) -> None:
         await self._ready.wait()
         key = fingerprint(topic, payload)
@@ -388,7 +413,9 @@ class Worker:
                 raise ValueError("not a JSON object")
         except ValueError as err:
             self.counters.failed += 1
-            await self.report("error", f"malformed message on {topic}: {err}", topic=topic)
+            reason = f"malformed message on {topic}: {err}"
+            await self.report("error", reason, topic=topic)
+            await self._dead_letter(topic, payload, "unknown", "", reason, {}, attempts=1)
             return
         device_id = parsed.device_id if parsed and parsed.device_id else ""
         event = Event(
@@ -430,23 +457,62 @@ class Worker:
             raise asyncio.CancelledError from None
         except RetryableError as err:
             self.counters.failed += 1
-            await self.report(
-                "error", f"gave up after retrying for {max_duration:.0f} s: {err.message}", **ids, **err.details
-            )
+            reason = f"gave up after retrying for {max_duration:.0f} s: {err.message}"
+            await self.report("error", reason, **ids, **err.details)
+            attempts = retrying.statistics.get("attempt_number", 1) + 1
+            await self._dead_letter(event.topic, event.raw, event.name, event.device_id, reason, err.details, attempts)
             return
         except Exception as err:
-            await self._failed(event, ids, err)
+            await self._failed(event, ids, err, attempts=retrying.statistics.get("attempt_number", 1) + 1)
             return
         await self._delivered(event.name, ids, details)
 
-    async def _failed(self, event: Event, ids: dict[str, Any], err: Exception) -> None:
-        """Count a message that will not be delivered and say why in an error event."""
+    async def _failed(self, event: Event, ids: dict[str, Any], err: Exception, attempts: int = 1) -> None:
+        """Count a message that will not be delivered, say why in an error event, and park it as a dead letter."""
         self.counters.failed += 1
+        details: dict[str, Any] = {}
         if isinstance(err, PermanentError):
-            await self.report("error", err.message, **ids, **err.details)
+            reason, details = err.message, err.details
         else:
             log.error("unexpected error handling %s", event.topic, exc_info=err)
-            await self.report("error", f"unexpected error: {err!r}", **ids)
+            reason = f"unexpected error: {err!r}"
+        await self.report("error", reason, **ids, **details)
+        await self._dead_letter(event.topic, event.raw, event.name, event.device_id, reason, details, attempts)
+
+    async def _dead_letter(
+        self, topic: str, raw: bytes, name: str, device_id: str, reason: str, details: dict[str, Any], attempts: int
+    ) -> None:
+        """Hand a message that failed for good to the orchestrator, in full, to be seen and sent again.
+
+        Returns once the broker has it: until then the message itself stays unacknowledged (kept by the broker).
+        """
+        try:
+            payload, encoding = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(raw).decode(), "base64"
+        letter = {
+            "topic": topic,
+            "payload": payload,  # the device's message as received: never altered
+            "encoding": encoding,
+            "event": name,
+            "device_id": device_id,
+            "replica": self.worker.replica,
+            "time": now_iso(),
+            "attempts": attempts,
+            **self.redactor.data({"error": reason, "details": details}),
+        }
+        destination = topics.integration_topic(self.app_id, self.integration_id, topics.DEAD_LETTERS)
+        delay = 1.0
+        while True:
+            try:
+                await self.mqtt.publish(destination, letter, qos=1, timeout=10)
+                return
+            except (MqttError, TimeoutError) as err:
+                if self._draining:
+                    await asyncio.Future()  # never acknowledged: the broker sends the message again later
+                log.warning("could not hand over a dead letter (%s); trying again in %.0f s", err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def _delivered(self, name: str, ids: dict[str, Any], details: dict[str, Any] | None) -> None:
         self.counters.delivered += 1

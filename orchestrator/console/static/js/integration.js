@@ -169,6 +169,23 @@ function activityList(items) {
   }));
 }
 
+function deadLetterList(page, act) {
+  if (!page.items.length) return h("p", { class: "muted" }, "None: nothing failed for good.");
+  return h("div", {},
+    h("div", { class: "row" },
+      h("span", { class: "muted small" }, `${page.total} kept`),
+      h("button", { type: "button", onclick: () => act("replay", { all: true }) }, "Replay all"),
+      h("button", { type: "button", class: "danger", onclick: () => act("delete", { all: true }) }, "Delete all")),
+    page.items.map((letter) => h("details", { class: "event-item dead-letter", "data-letter": String(letter.id) },
+      h("summary", {}, h("span", { class: "badge state-failed" }, letter.event), " ", letter.device_id || "", " ",
+        letter.error, " ", h("span", { class: "muted small" }, `${when(letter.at)}, ${letter.attempts} attempt(s)`)),
+      h("div", { class: "row" },
+        h("button", { type: "button", onclick: () => act("replay", { ids: [letter.id] }) }, "Replay"),
+        h("button", { type: "button", class: "secondary", onclick: () => act("delete", { ids: [letter.id] }) }, "Delete")),
+      h("strong", {}, "Message"), h("pre", {}, typeof letter.message === "string" ? letter.message : JSON.stringify(letter.message, null, 2)),
+      h("strong", {}, "Request and answer"), h("pre", {}, JSON.stringify(letter.details, null, 2)))));
+}
+
 export async function integrationPage(appId, integrationId) {
   const base = `/applications/${appId}/integrations/${integrationId}`;
   let integration = await api("GET", base);
@@ -176,6 +193,7 @@ export async function integrationPage(appId, integrationId) {
   const counters = h("div", {});
   const graph = h("div", {});
   const activity = h("div", {});
+  const deadLetters = h("div", {});
   const log = h("div", { class: "log", role: "log", "aria-label": "Worker log", tabindex: "0" });
   const testResult = h("div", { role: "status", "aria-live": "polite" });
   const toggle = h("button", { type: "button", class: "secondary" });
@@ -196,6 +214,7 @@ export async function integrationPage(appId, integrationId) {
       h("dt", {}, "Delivered"), h("dd", { "data-counter": "delivered" }, String(c.delivered)),
       h("dt", {}, "Failed"), h("dd", { "data-counter": "failed" }, String(c.failed)),
       h("dt", {}, "Retried"), h("dd", { "data-counter": "retried" }, String(c.retried)),
+      h("dt", {}, "Dead letters"), h("dd", { "data-counter": "dead_lettered" }, String(c.dead_lettered)),
       h("dt", {}, "Last delivery"), h("dd", {}, when(c.last_delivery_at))));
   };
   const refresh = async () => {
@@ -207,6 +226,12 @@ export async function integrationPage(appId, integrationId) {
     }
   };
   const refreshActivity = async () => activity.replaceChildren(activityList(await api("GET", `${base}/activity?limit=30`)));
+  const refreshDeadLetters = async () => deadLetters.replaceChildren(deadLetterList(await api("GET", `${base}/dead-letters?limit=50`), async (what, selection) => {
+    if (what === "delete" && !confirm("Delete these dead letters? Their messages are gone for good.")) return;
+    const outcome = await api("POST", `${base}/dead-letters/${what}`, selection);
+    flash(`${outcome.count} dead letter(s) ${what === "replay" ? "sent again" : "deleted"}.`);
+    await refreshDeadLetters();
+  }));
   const refreshChart = async () => {
     const stats = await api("GET", `${base}/stats?hours=6`);
     graph.replaceChildren(chart(stats.minutes, 6), h("p", { class: "muted small" }, "Deliveries per minute, last 6 hours (green delivered, red failed)."));
@@ -242,11 +267,14 @@ export async function integrationPage(appId, integrationId) {
       config.map(([key, value]) => [h("dt", {}, key), h("dd", {}, value)]),
       integration.secrets_set.map((key) => [h("dt", {}, key), h("dd", {}, "•••••••• (secret, set)")]))),
     h("section", { class: "card" }, h("h2", {}, "Recent deliveries and errors"), activity),
+    h("section", { class: "card", id: "dead-letters" }, h("h2", {}, "Dead letters"),
+      h("p", { class: "muted small" }, "Messages that failed for good, kept in full: replay them once the target is fixed."), deadLetters),
     h("section", { class: "card" }, h("h2", {}, "Live log"), log),
   );
   showStatus();
-  await Promise.all([refreshActivity(), refreshChart()]);
+  await Promise.all([refreshActivity(), refreshChart(), refreshDeadLetters()]);
   const timers = [setInterval(() => refresh().catch(() => {}), 2000), setInterval(() => refreshActivity().catch(() => {}), 5000),
+    setInterval(() => refreshDeadLetters().catch(() => {}), 5000),
     setInterval(() => refreshChart().catch(() => {}), 30000)];
   const controller = new AbortController();
   onLeave(() => { timers.forEach(clearInterval); controller.abort(); });
