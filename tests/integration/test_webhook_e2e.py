@@ -373,16 +373,11 @@ def test_https_endpoint_signed_by_a_private_ca(orchestrator: RunningOrchestrator
         assert "certificate" in retries[0]["message"].lower()
         assert sink.accepted() == []
 
-        # A PEM that is not one is a configuration error naming the setting; the waiting message stays
-        # queued through the misconfigured starts (they must not take over the integration's session).
-        orchestrator.call("PATCH", base, 200, json={"config": {"ca_pem": "-----BEGIN CERTIFICATE-----\nnope"}})
-        errors = wait_for(
-            lambda: [
-                e for e in orchestrator.call("GET", base + "/activity?kind=error").json() if "CA_PEM" in e["message"]
-            ],
-            what="the configuration error",
-        )
-        assert "WEBHOOK_CA_PEM" in errors[0]["message"]
+        # A PEM that is not one is refused at once, naming the field (the worker would refuse it at start).
+        problem = orchestrator.call(
+            "PATCH", base, 422, json={"config": {"ca_pem": "-----BEGIN CERTIFICATE-----\nnope"}}
+        ).json()
+        assert problem["errors"][0]["field"] == "config.ca_pem" and "PEM" in problem["errors"][0]["message"]
 
         # Trusting the CA delivers the waiting message.
         orchestrator.call("PATCH", base, 200, json={"config": {"ca_pem": ca.read_text()}})

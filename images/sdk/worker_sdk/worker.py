@@ -94,6 +94,9 @@ class Counters:
             self.sent[name] += delta.get(name, 0)
 
 
+COUNT_BATCH_SECONDS = 0.02  # how long finished messages gather before one report of their counts
+
+
 class Worker:
     """Base class of an integration worker: subclasses implement `handle` (and optionally more)."""
 
@@ -119,7 +122,9 @@ class Worker:
             topics.worker_client_id(self.app_id, self.integration_id, worker.replica),
             username=handler.broker_username,
             password=handler.broker_password,
-            receive_maximum=worker.concurrency,
+            # Messages wait for their counts to reach the handler before they are acknowledged (below), so
+            # more may be unacknowledged than are being handled.
+            receive_maximum=max(worker.concurrency * 8, 256),
             will=(self._status_topic(), json.dumps({"state": "offline"}).encode(), True),
             ca_file=handler.ca_file,
         )
@@ -134,6 +139,9 @@ class Worker:
         self._handling: dict[int, asyncio.Future[bool]] = {}  # fingerprint -> done (True once handled)
         self._last_delivery_event = 0.0
         self._last_retry_event = 0.0
+        self._counted: list[asyncio.Future[None]] = []  # messages waiting for their counts to be reported
+        self._count_wanted = asyncio.Event()
+        self._stats_lock = asyncio.Lock()
 
     # -- what subclasses implement ------------------------------------------------------------
 
@@ -258,7 +266,11 @@ class Worker:
             await self.mqtt.publish(self._session_topic(), {"filters": self.mqtt.filters}, retain=True)
             self.mqtt.on_reconnect.append(self._announce_running)
             self.log.info("integration %s running (replica %d)", self.integration_id, self.worker.replica)
-            background = [asyncio.create_task(self._stats_loop()), asyncio.create_task(self._health_loop())]
+            background = [
+                asyncio.create_task(self._stats_loop()),
+                asyncio.create_task(self._health_loop()),
+                asyncio.create_task(self._report_counts()),
+            ]
             await self._stop.wait()
         except MqttError as err:
             log.error("%s", err)
@@ -292,7 +304,8 @@ class Worker:
         for task in background:
             task.cancel()
         if self.mqtt.is_connected:
-            await self._send_stats()
+            if await self._flush_counted():  # finished messages are acknowledged before the connection goes
+                await asyncio.sleep(0.05)
             await self.mqtt.publish(self._status_topic(), self._status("stopped"), retain=True, timeout=5)
             await self.mqtt.disconnect()
         await self.teardown()
@@ -378,6 +391,7 @@ class Worker:
         first = self._handling.get(key)
         if key in self._handled or (first is not None and await asyncio.shield(first)):
             self.counters.duplicates += 1  # a copy of a message handled already: acknowledge, do nothing
+            await self._count()
             return
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._handling[key] = done
@@ -404,6 +418,19 @@ class Worker:
                 await self._process(topic, payload)
             finally:
                 self._inflight.discard(task)
+        await self._count()
+
+    async def _count(self) -> None:
+        """Return once the counters, with this message's outcome, reached the broker on their way to the handler.
+
+        A message is acknowledged only then: a worker that dies before leaves it unacknowledged (sent again, and
+        counted then), so the counters count exactly what was acknowledged, never a delivery whose report died
+        with the worker. Messages finishing together share one report (see `_report_counts`).
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._counted.append(waiter)
+        self._count_wanted.set()
+        await waiter
 
     async def _process(self, topic: str, payload: bytes) -> None:
         parsed = topics.parse(topic)
@@ -552,22 +579,48 @@ class Worker:
                 "retry", f"{error.message}; retrying in {wait:.1f} s", attempt=state.attempt_number, **error.details
             )
 
-    async def _send_stats(self) -> None:
-        delta = self.counters.pending()
-        if not delta:
-            return
-        topic = topics.integration_topic(self.app_id, self.integration_id, "stats")
-        try:
-            await self.mqtt.publish(topic, delta, timeout=10)
-        except (MqttError, TimeoutError) as err:
-            log.debug("stats not sent yet: %s", err)
-            return
-        self.counters.mark_sent(delta)
+    async def _send_stats(self) -> bool:
+        """Send what the counters gained since the last report; False if the broker did not take it."""
+        async with self._stats_lock:  # one delta at a time: two in flight would both count the same gain
+            delta = self.counters.pending()
+            if not delta:
+                return True
+            topic = topics.integration_topic(self.app_id, self.integration_id, "stats")
+            try:
+                await self.mqtt.publish(topic, delta, timeout=10)
+            except (MqttError, TimeoutError) as err:
+                log.debug("stats not sent yet: %s", err)
+                return False
+            self.counters.mark_sent(delta)
+            return True
 
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.worker.stats_interval_seconds)
             await self._send_stats()
+
+    async def _report_counts(self) -> None:
+        """Report the counters for the messages waiting on them, a batch at a time, then let those messages go
+        (acknowledged). A report that does not reach the broker keeps them waiting, and is tried again."""
+        while True:
+            await self._count_wanted.wait()
+            await asyncio.sleep(COUNT_BATCH_SECONDS)  # the messages finishing meanwhile go in the same report
+            self._count_wanted.clear()
+            delay = 0.5
+            while not await self._flush_counted():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _flush_counted(self) -> bool:
+        """Send what the counters gained and release the messages it covers; False if the broker did not take it."""
+        waiting, self._counted = self._counted, []
+        if await self._send_stats():
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_result(None)
+            return True
+        self._counted[:0] = waiting  # still waiting: the next report covers them
+        return False
 
     async def _health_loop(self) -> None:
         health_file = Path(self.worker.health_file)
