@@ -5,7 +5,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ["ingest", "accounts", "webhook", "scale_out", "startup", "control_plane", "pubsub", "azure_fleet"]
+SCENARIOS = [
+    "ingest",
+    "accounts",
+    "webhook",
+    "scale_out",
+    "startup",
+    "control_plane",
+    "pubsub",
+    "azure_fleet",
+    "faults",
+]
 
 
 def main() -> None:

@@ -134,6 +134,8 @@ class Integration(Base):
     retried: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)  # copies its workers recognised and dropped
     dead_lettered: Mapped[int] = mapped_column(Integer, default=0)  # messages parked after failing for good
+    # Deliveries per latency bucket (the SDK's LATENCY_BUCKETS, then +Inf) and the sum of their seconds.
+    delivery_latency: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_delivery_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -12,6 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from worker_sdk import topics
+from worker_sdk.worker import LATENCY_BUCKETS
 
 from ..bus import Bus
 from ..db import Database
@@ -76,6 +77,7 @@ def add_stats(session: Session, *, app_id: str, integration_id: str, delta: dict
     record.failed += counts["failed"]
     record.retried += counts["retried"]
     record.duplicates += counts["duplicates"]
+    record.delivery_latency = _merged_latency(record.delivery_latency or {}, delta.get("latency"))
     last = _parse_time(delta.get("last_delivery_at"))
     if last is not None and (record.last_delivery_at is None or last > record.last_delivery_at):
         record.last_delivery_at = last
@@ -90,6 +92,22 @@ def add_stats(session: Session, *, app_id: str, integration_id: str, delta: dict
     bucket.delivered += counts["delivered"]
     bucket.failed += counts["failed"]
     bucket.retried += counts["retried"]
+
+
+def _merged_latency(total: dict[str, Any], more: Any) -> dict[str, Any]:
+    """The latency histogram with a worker's delta added (a malformed delta adds nothing)."""
+    size = len(LATENCY_BUCKETS) + 1
+    if not isinstance(more, dict) or not isinstance(more.get("buckets"), list) or len(more["buckets"]) != size:
+        return total
+    if not all(isinstance(count, int) and count >= 0 for count in more["buckets"]):
+        return total
+    kept = total.get("buckets")
+    buckets: list[int] = kept if isinstance(kept, list) and len(kept) == size else [0] * size
+    added = float(more.get("sum") or 0.0) if isinstance(more.get("sum"), int | float) else 0.0
+    return {
+        "buckets": [before + count for before, count in zip(buckets, more["buckets"], strict=True)],
+        "sum": float(total.get("sum") or 0.0) + max(0.0, added),
+    }
 
 
 class IntegrationRecorder:

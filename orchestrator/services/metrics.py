@@ -3,14 +3,17 @@ same), and this instance's own parts (broker connection, event log, reconciler, 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from worker_sdk.worker import LATENCY_BUCKETS
 
 from ..db import Database
 from ..db.models import Integration
@@ -25,6 +28,7 @@ def integration_counts(session: Session) -> list[tuple[Any, ...]]:
     """Per integration: ids, enabled, state, restarts and the delivery counters."""
     columns = [Integration.application_id, Integration.id, Integration.enabled, Integration.actual_state]
     columns += [Integration.restart_count, *(getattr(Integration, outcome) for outcome in OUTCOMES)]
+    columns += [Integration.delivery_latency]
     return [tuple(row) for row in session.connection().execute(select(*columns))]
 
 
@@ -53,8 +57,20 @@ class _Snapshot(Collector):
         restarts = CounterMetricFamily(
             "iot_integration_restarts", "Times the integration's worker was started again", labels=INTEGRATION_LABELS
         )
+        latency = HistogramMetricFamily(
+            "iot_integration_delivery_latency_seconds",
+            "From the handler receiving a message to its target accepting it",
+            labels=INTEGRATION_LABELS,
+        )
         states = [item.value for item in WorkerState if item != WorkerState.MISSING]
-        for app_id, integration_id, is_enabled, actual, restart_count, *counts in self.integrations:
+        for app_id, integration_id, is_enabled, actual, restart_count, *counts, histogram in self.integrations:
+            buckets = histogram.get("buckets") if isinstance(histogram, dict) else None
+            if isinstance(buckets, list) and len(buckets) == len(LATENCY_BUCKETS) + 1:
+                bounds = [*(str(bound) for bound in LATENCY_BUCKETS), "+Inf"]
+                cumulative = list(itertools.accumulate(buckets))
+                latency.add_metric(
+                    [app_id, integration_id], list(zip(bounds, cumulative, strict=True)), histogram.get("sum", 0.0)
+                )
             ids = [app_id, integration_id]
             for outcome, value in zip(OUTCOMES, counts, strict=True):
                 messages.add_metric([*ids, outcome], value or 0)
@@ -62,7 +78,7 @@ class _Snapshot(Collector):
                 state.add_metric([*ids, name], 1.0 if actual == name else 0.0)
             enabled.add_metric(ids, 1.0 if is_enabled else 0.0)
             restarts.add_metric(ids, restart_count or 0)
-        yield from (messages, state, enabled, restarts)
+        yield from (messages, state, enabled, restarts, latency)
         yield from self._orchestrator()
 
     def _orchestrator(self) -> Iterator[Metric]:

@@ -63,7 +63,7 @@ def integrations_to_check(session: Session) -> list[Integration]:
 PUBLIC_COLUMNS = [
     column
     for column in Integration.__table__.c
-    if column.name not in ("key_id", "key_encrypted", "generation", "config_hash")
+    if column.name not in ("key_id", "key_encrypted", "generation", "config_hash", "delivery_latency")
 ]
 
 

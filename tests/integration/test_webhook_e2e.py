@@ -410,6 +410,13 @@ def test_metrics_show_deliveries_failures_and_state(orchestrator: RunningOrchest
     assert values[("iot_integration_state", (("application", APP), ("integration", "hook"), ("state", "running")))] == 1
     assert values[("iot_integration_state", (("application", APP), ("integration", "hook"), ("state", "failed")))] == 0
     assert values[("iot_broker_connected", ())] == 1 and values[("iot_cluster_leader", ())] == 1
+    ids = (("application", APP), ("integration", "hook"))
+    latency = wait_for(
+        lambda: (v := metrics()).get(("iot_integration_delivery_latency_seconds_count", ids), 0) == 5 and v,
+        what="5 delivery latencies",
+    )
+    assert latency[("iot_integration_delivery_latency_seconds_bucket", (*ids, ("le", "+Inf")))] == 5
+    assert 0 < latency[("iot_integration_delivery_latency_seconds_sum", ids)] < 60
     # A target that refuses: the failure counts, and the counter moved from where it was.
     sink.responder = lambda request: (400, {"Content-Type": "text/plain"}, b"no")
     orchestrator.uplink(APP, "dev-1", {"f_port": 1, "f_cnt": 99})

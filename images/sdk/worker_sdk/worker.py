@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import json
 import logging
 import os
@@ -40,6 +41,9 @@ DELIVERY_EVENT_MIN_INTERVAL = 0.2  # at most five delivery events a second: hist
 RETRY_EVENT_MIN_INTERVAL = 5.0
 HEALTH_INTERVAL = 5.0
 COUNTER_NAMES = ("delivered", "failed", "retried", "duplicates")
+# Upper bounds (seconds) of the delivery latency histogram: from the handler receiving a message to its target
+# accepting it. The orchestrator exports it as iot_integration_delivery_latency_seconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class Interrupted(Exception):
@@ -79,11 +83,24 @@ class Counters:
     duplicates: int = 0  # copies recognised and dropped (acknowledged without handling them again)
     last_delivery_at: str | None = None
     sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
+    # Delivery latency: deliveries per bucket (the last is +Inf) and the sum of their seconds, in total and sent.
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    latency_sent: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum_sent: float = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        """Count one delivery's latency."""
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     def pending(self) -> dict[str, Any]:
         """What changed since the last report."""
         delta: dict[str, Any] = {name: getattr(self, name) - self.sent[name] for name in COUNTER_NAMES}
         delta = {name: value for name, value in delta.items() if value}
+        buckets = [now - before for now, before in zip(self.latency, self.latency_sent, strict=True)]
+        if any(buckets):
+            delta["latency"] = {"buckets": buckets, "sum": round(self.latency_sum - self.latency_sum_sent, 6)}
         if delta and self.last_delivery_at:
             delta["last_delivery_at"] = self.last_delivery_at
         return delta
@@ -92,6 +109,10 @@ class Counters:
         """Record that a delta reached the handler."""
         for name in COUNTER_NAMES:
             self.sent[name] += delta.get(name, 0)
+        latency = delta.get("latency")
+        if latency:
+            self.latency_sent = [sent + more for sent, more in zip(self.latency_sent, latency["buckets"], strict=True)]
+            self.latency_sum_sent += latency["sum"]
 
 
 COUNT_BATCH_SECONDS = 0.02  # how long finished messages gather before one report of their counts
@@ -468,7 +489,7 @@ class Worker:
             await self._failed(event, ids, err)
             return
         else:
-            await self._delivered(event.name, ids, details)
+            await self._delivered(event.name, ids, details, event.received_at)
             return
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
@@ -492,7 +513,7 @@ class Worker:
         except Exception as err:
             await self._failed(event, ids, err, attempts=retrying.statistics.get("attempt_number", 1) + 1)
             return
-        await self._delivered(event.name, ids, details)
+        await self._delivered(event.name, ids, details, event.received_at)
 
     async def _failed(self, event: Event, ids: dict[str, Any], err: Exception, attempts: int = 1) -> None:
         """Count a message that will not be delivered, say why in an error event, and park it as a dead letter."""
@@ -541,8 +562,13 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    async def _delivered(self, name: str, ids: dict[str, Any], details: dict[str, Any] | None) -> None:
+    async def _delivered(
+        self, name: str, ids: dict[str, Any], details: dict[str, Any] | None, received_at: str = ""
+    ) -> None:
         self.counters.delivered += 1
+        received = _seconds_since(received_at)
+        if received is not None:
+            self.counters.observe_latency(received)
         self.counters.last_delivery_at = now_iso()
         now = time.monotonic()
         is_test = any(str(item).startswith("test:") for item in ids.get("correlation_ids", []))
@@ -631,3 +657,14 @@ class Worker:
                 except OSError as err:
                     log.debug("cannot write health file: %s", err)
             await asyncio.sleep(HEALTH_INTERVAL)
+
+
+def _seconds_since(moment: str) -> float | None:
+    """Seconds from an RFC 3339 time (the handler's `received_at`) to now; None if there is none."""
+    if not moment:
+        return None
+    try:
+        then = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (datetime.now(UTC) - then).total_seconds())

@@ -1,4 +1,5 @@
-"""dead letters: messages that failed for good, kept in full; a counter of them per integration
+"""dead letters: messages that failed for good, kept in full; a counter of them, and a delivery latency
+histogram, per integration
 
 Revision ID: 0006
 Revises: 0005
@@ -35,9 +36,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_dead_letters_integration", "dead_letters", ["application_id", "integration_id", "id"])
     op.add_column("integrations", sa.Column("dead_lettered", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column("integrations", sa.Column("delivery_latency", sa.JSON(), nullable=False, server_default="{}"))
 
 
 def downgrade() -> None:
+    op.drop_column("integrations", "delivery_latency")
     op.drop_column("integrations", "dead_lettered")
     op.drop_index("ix_dead_letters_integration", table_name="dead_letters")
     op.drop_table("dead_letters")
