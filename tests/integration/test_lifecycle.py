@@ -52,26 +52,43 @@ def test_orchestrator_crash_and_restart_adopts_running_workers(tmp_path: Path, m
     assert not pid_alive(pid)  # a graceful stop takes the process workers with it
 
 
-def test_bad_worker_configuration_becomes_a_clear_error(orchestrator: RunningOrchestrator) -> None:
-    orchestrator.create_application(APP)
-    orchestrator.create_integration(
-        APP,
-        id="hook",
-        template_id="webhook",
-        config={"url": "http://127.0.0.1:9/x", "body_format": "json", "body": '{"broken": '},
-    )
-    failed = orchestrator.wait_state(APP, "hook", "failed")
-    error = wait_for(
-        lambda: orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/hook/activity?kind=error").json(),
-        what="error event",
-    )
-    assert "invalid configuration: WEBHOOK_BODY: not valid JSON" in error[0]["message"]
-    assert "exit code 2" in failed["status"]["last_error"] or "WEBHOOK_BODY" in failed["status"]["last_error"]
-    # Fixing the configuration replaces the worker.
-    orchestrator.call(
-        "PATCH", f"/api/v1/applications/{APP}/integrations/hook", 200, json={"config": {"body": '{"fixed": true}'}}
-    )
-    orchestrator.wait_state(APP, "hook", "running")
+def test_bad_worker_configuration_becomes_a_clear_error(tmp_path: Path, mosquitto: str) -> None:
+    # The webhook template runs the image's own check: the broken body never reaches a worker.
+    templates = tmp_path / "templates"
+    shutil.copytree(PROJECT_ROOT / "integration_templates", templates)
+    unchecked = (templates / "webhook.yaml").read_text().replace("check: webhook_worker.check:check_environment", "")
+    (templates / "unchecked-webhook.yaml").write_text(unchecked.replace("id: webhook", "id: unchecked-webhook", 1))
+    orch = RunningOrchestrator(
+        tmp_path / "o", ORCH_BROKER__MOSQUITTO_BINARY=mosquitto, ORCH_TEMPLATES_DIR=str(templates)
+    ).start()
+    try:
+        orch.create_application(APP)
+        broken = {"url": "http://127.0.0.1:9/x", "body_format": "json", "body": '{"broken": '}
+        refused = orch.call(
+            "POST",
+            f"/api/v1/applications/{APP}/integrations",
+            422,
+            json={"id": "hook", "template_id": "webhook", "config": broken},
+        ).json()
+        assert refused["errors"][0]["field"] == "config.body"
+        assert "not valid JSON" in refused["errors"][0]["message"]
+
+        # A maintainer's template without a check: the worker's own refusal becomes a clear error.
+        orch.create_integration(APP, id="hook", template_id="unchecked-webhook", config=broken)
+        failed = orch.wait_state(APP, "hook", "failed")
+        error = wait_for(
+            lambda: orch.call("GET", f"/api/v1/applications/{APP}/integrations/hook/activity?kind=error").json(),
+            what="error event",
+        )
+        assert "invalid configuration: WEBHOOK_BODY: not valid JSON" in error[0]["message"]
+        assert "exit code 2" in failed["status"]["last_error"] or "WEBHOOK_BODY" in failed["status"]["last_error"]
+        # Fixing the configuration replaces the worker.
+        orch.call(
+            "PATCH", f"/api/v1/applications/{APP}/integrations/hook", 200, json={"config": {"body": '{"fixed": true}'}}
+        )
+        orch.wait_state(APP, "hook", "running")
+    finally:
+        orch.stop()
 
 
 def test_workers_follow_registry_changes(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:

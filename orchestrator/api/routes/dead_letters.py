@@ -27,7 +27,7 @@ async def list_dead_letters(
     return page_answer(await services.dead_letters.page(app_id, integration_id, limit=limit, offset=offset))
 
 
-@router.get("/{letter_id}", response_model=DeadLetterPublic)
+@router.get("/{letter_id:int}", response_model=DeadLetterPublic)
 async def get_dead_letter(
     app_id: str, integration_id: str, letter_id: int, services: ServicesDep, who: PrincipalDep
 ) -> object:
@@ -55,7 +55,7 @@ async def delete_dead_letters(
     return DeadLetterOutcome(count=await services.dead_letters.delete(app_id, integration_id, body.ids))
 
 
-@router.delete("/{letter_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{letter_id:int}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_dead_letter(
     app_id: str, integration_id: str, letter_id: int, services: ServicesDep, who: PrincipalDep
 ) -> None:
