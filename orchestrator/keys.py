@@ -8,6 +8,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from worker_sdk import topics
+
 SCOPES = (
     "messages:read",  # receive uplinks, downlink lifecycle, device and integration events
     "uplinks:write",  # send uplinks as the application's devices
@@ -75,6 +77,7 @@ def mqtt_grants(app_id: str, scopes: list[str], integration_id: str | None) -> l
         grants.append(("read", f"{prefix}/#"))
     if "uplinks:write" in effective:
         grants.append(("write", f"{prefix}/devices/+/up/push"))
+        grants += [("write", f"{prefix}/devices/+/{kind}/push") for kind in topics.DEVICE_REPORTS]
         grants.append(("read", f"{prefix}/devices/+/down/deliver"))
     if "downlinks:write" in effective:
         grants.append(("write", f"{prefix}/devices/+/down/push"))

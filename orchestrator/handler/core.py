@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from typing import Any
 
 import orjson
@@ -25,11 +26,12 @@ from ..events.log import LoggedEvent, NewEvent
 from ..events.outbox import Outbox
 from ..store import downlinks
 from ..store.devices import device_json
+from .reports import REPORT_FIELDS, parse_report
 from .uplinks import Limits, NotJson, UplinkRejected, load_json, normalize, parse_submission
 
 log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_SECONDS = 30.0
-DEVICE_REQUESTS = ("up/push", "down/push", "down/replace")
+DEVICE_REQUESTS = ("up/push", "down/push", "down/replace", *(f"{kind}/push" for kind in topics.DEVICE_REPORTS))
 APPLICATIONS_TOPIC = "orchestrator/changed/applications"  # between instances on one database
 
 
@@ -199,9 +201,59 @@ class Handler:
                 log.error("no downlink for %s/%s this time (it waits for the next uplink): %s", app_id, device_id, err)
         return uplink, downlink
 
-    async def _uplink_error(self, app_id: str, device_id: str, err: Exception, body: Any) -> None:
+    # -- what devices report besides uplinks ---------------------------------------------------------
+
+    async def accept_report(
+        self, app_id: str, device_id: str, kind: str, body: bytes | dict[str, Any]
+    ) -> dict[str, Any]:
+        """Check and log a join, a downlink ack or nack, service data or a solved location (`kind`, one of
+        topics.DEVICE_REPORTS); returns the event as The Things Stack shapes it. A nacked downlink is queued again.
+
+        Raises UplinkRejected or NotFoundError after emitting an `uplink.error` event naming the report.
+        """
+        try:
+            device = await self.require_device(app_id, device_id)
+            report = parse_report(kind, body, self.limits)
+            content = report.content
+            if kind in ("down/ack", "down/nack"):
+                settled = await self.db.run(
+                    downlinks.settle,
+                    app_id=app_id,
+                    device_id=device_id,
+                    downlink_id=content.get("id"),
+                    outcome="acked" if kind == "down/ack" else "nacked",
+                )
+                content = settled.body
+        except downlinks.NotAwaited as err:
+            error = UplinkRejected(f"invalid {kind}/push: {err}", [{"field": "id", "message": str(err)}])
+            await self._uplink_error(app_id, device_id, error, body, request=f"{kind}/push")
+            raise error from err
+        except (UplinkRejected, NotFoundError) as err:
+            await self._uplink_error(app_id, device_id, err, body, request=f"{kind}/push")
+            raise
+        ids = end_device_ids(app_id, device_id, device.get("dev_eui"), device.get("join_eui"))
+        received_at = now_iso()
+        if kind == "join":
+            content = {**content, "received_at": content.get("received_at", received_at)}
+        own_ids = [f"as:up:{uuid.uuid4().hex}"] if kind in ("join", "service/data", "location/solved") else []
+        event = {
+            **report.envelope,
+            "end_device_ids": {**ids, **report.device_ids},
+            "correlation_ids": [*own_ids, *report.correlation_ids, *content.get("correlation_ids", [])],
+            "received_at": received_at,
+            REPORT_FIELDS[kind]: content,
+        }
+        await self.emit(app_id, device_id, kind, event)
+        if kind == "down/nack":  # as The Things Stack does: the device did not get it, so it goes out again
+            retry = {key: value for key, value in content.items() if key != "correlation_ids"}
+            await self.push_downlinks(app_id, device_id, {"downlinks": [retry]})
+        return event
+
+    async def _uplink_error(
+        self, app_id: str, device_id: str, err: Exception, body: Any, request: str = "up/push"
+    ) -> None:
         message = err.detail if isinstance(err, NotFoundError) else str(err)
-        log.info("rejected uplink from %s/%s: %s", app_id, device_id, message)
+        log.info("rejected %s from %s/%s: %s", request, app_id, device_id, message)
         if app_id not in self._applications:
             return  # no application, so no event stream to tell
         payload = {
@@ -209,6 +261,7 @@ class Handler:
             "correlation_ids": [],
             "received_at": now_iso(),
             "error": {"message": message, "problems": getattr(err, "problems", [])},
+            "request": request,
             "raw": _excerpt(body),
         }
         await self.emit(app_id, device_id, "events/up/errors", payload)
@@ -225,7 +278,7 @@ class Handler:
             "received_at": now_iso(),
         }
         if kind == "failed":
-            payload["downlink_failed"] = {"downlink": body, "error": {"message": error}}
+            payload["downlink_failed"] = {"downlink": body, "error": tts_error(error or "failed")}
         else:
             payload[f"downlink_{kind}"] = body
         return payload
@@ -235,7 +288,7 @@ class Handler:
     ) -> list[dict[str, Any]]:
         """Check and queue downlinks; returns them with ids. Failures emit `downlink.failed` and raise."""
         try:
-            request = await self._check_downlinks(app_id, device_id, body)
+            request = await self._check_downlinks(app_id, device_id, body, replace)
             records = await self.db.run(
                 downlinks.enqueue,
                 app_id=app_id,
@@ -267,7 +320,9 @@ class Handler:
                 log.error("downlink %s queued, but its event was not logged: %s", record.id, err.detail)
         return queued
 
-    async def _check_downlinks(self, app_id: str, device_id: str, body: bytes | dict[str, Any]) -> list[dict[str, Any]]:
+    async def _check_downlinks(
+        self, app_id: str, device_id: str, body: bytes | dict[str, Any], replace: bool
+    ) -> list[dict[str, Any]]:
         await self.require_device(app_id, device_id)
         if isinstance(body, bytes | bytearray):
             try:
@@ -278,6 +333,14 @@ class Handler:
             request = DownlinkRequest.model_validate(body)
         except ValidationError as err:
             raise ValidationFailed(describe_errors(err)) from err
+        if not request.downlinks and not replace:
+            raise ValidationFailed(
+                [{"field": "downlinks", "message": "empty: push at least one (an empty replace clears)"}]
+            )
+        named = (request.end_device_ids or {}).get("device_id", device_id)
+        if named != device_id:
+            message = f"names device {named!r}, but the request is for {device_id!r}"
+            raise ValidationFailed([{"field": "end_device_ids.device_id", "message": message}])
         limit = self.settings.max_downlink_bytes
         problems = [
             {"field": f"downlinks.{index}.frm_payload", "message": f"{size} bytes; at most {limit} fit"}
@@ -343,7 +406,8 @@ class Handler:
     # -- MQTT ingest ---------------------------------------------------------------------------
 
     async def _on_device_request(self, topic: str, payload: bytes) -> None:
-        """Handle `up/push`, `down/push` or `down/replace`; acknowledged (returns) only once logged.
+        """Handle `up/push`, `down/push`, `down/replace` or a report (`join/push`, ...); acknowledged (returns)
+        only once logged.
 
         While the log cannot be written the message is retried here and stays unacknowledged, so the
         broker keeps it instead of it being acknowledged and lost.
@@ -371,8 +435,10 @@ class Handler:
             return
         if suffix == "up/push":
             await self.accept_uplink(app_id, device_id, payload)
-        else:
+        elif suffix in ("down/push", "down/replace"):
             await self.push_downlinks(app_id, device_id, payload, replace=suffix == "down/replace")
+        else:
+            await self.accept_report(app_id, device_id, suffix.removesuffix("/push"), payload)
 
 
 def _lookup_device(session: Session, app_id: str, device_id: str) -> tuple[bool, dict[str, Any] | None]:
@@ -412,3 +478,17 @@ def _request_correlation_ids(body: dict[str, Any]) -> list[str]:
         if isinstance(item, dict) and isinstance(item.get("correlation_ids"), list):
             found += [str(value) for value in item["correlation_ids"] if isinstance(value, str)]
     return found
+
+
+def tts_error(message: str) -> dict[str, Any]:
+    """An error as The Things Stack writes one in `downlink_failed` (namespace, name, message_format, code),
+    with our `message` beside it."""
+    name = "downlink_expired" if message.startswith("not sent within") else "downlink_refused"
+    return {
+        "namespace": "orchestrator/handler",
+        "name": name,
+        "message_format": message,
+        "message": message,
+        "correlation_id": uuid.uuid4().hex,
+        "code": 4 if name == "downlink_expired" else 3,  # gRPC DEADLINE_EXCEEDED, INVALID_ARGUMENT
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import uuid
@@ -94,37 +95,136 @@ def load_json(body: bytes, limits: Limits) -> Any:
     return value
 
 
-def parse_submission(body: bytes | dict[str, Any], limits: Limits = Limits()) -> UplinkSubmission:
-    """Parse and check an uplink body from MQTT or HTTP (bytes) or already-parsed JSON."""
+# Fields of The Things Stack's uplink_message (v3.36) that pass through as they are: an unknown name close
+# to one the handler reads is a typo to refuse (`fport`), but never one of these.
+TTS_UPLINK_FIELDS = frozenset(
+    [
+        "session_key_id",
+        "f_port",
+        "f_cnt",
+        "frm_payload",
+        "decoded_payload",
+        "decoded_payload_warnings",
+        "normalized_payload",
+        "normalized_payload_warnings",
+        "rx_metadata",
+        "settings",
+        "received_at",
+        "app_s_key",
+        "last_a_f_cnt_down",
+        "confirmed",
+        "consumed_airtime",
+        "locations",
+        "version_ids",
+        "network_ids",
+        "attributes",
+        "last_battery_percentage",
+        "packet_error_rate",
+        "device_channel_index",
+        "crc_status",
+        "correlation_ids",
+    ]
+)
+READ_FIELDS = tuple(UplinkSubmission.model_fields)
+# What the handler sets in a whole message's envelope; anything else there (`simulated`, ...) passes through.
+ENVELOPE_FIELDS = ("end_device_ids", "correlation_ids", "received_at")
+REGISTRY_IDS = ("device_id", "application_ids", "dev_eui", "join_eui")  # from the registry, never the sender
+
+
+@dataclass(frozen=True)
+class Unwrapped:
+    """A device message's own fields, and what a whole The Things Stack message carried around them."""
+
+    fields: dict[str, Any]
+    envelope: dict[str, Any]  # top-level fields the handler does not set (`simulated`, ...)
+    device_ids: dict[str, Any]  # end_device_ids other than the registry's (`dev_addr`, ...)
+    prefix: str  # where the fields were, for error messages: "" or "uplink_message."
+
+
+def unwrap(body: dict[str, Any], field: str) -> Unwrapped:
+    """The fields of a message given as they are, or inside a whole The Things Stack message
+    (`{"end_device_ids": ..., "correlation_ids": [...], field: {...}}`); its correlation ids join the fields'."""
+    if not isinstance(body.get(field), dict):
+        return Unwrapped(body, {}, {}, "")
+    fields = dict(body[field])
+    if body.get("correlation_ids"):
+        fields.setdefault("correlation_ids", body["correlation_ids"])
+    envelope = {key: value for key, value in body.items() if key not in (*ENVELOPE_FIELDS, field)}
+    ids = body.get("end_device_ids")
+    device_ids = {key: value for key, value in ids.items() if key not in REGISTRY_IDS} if isinstance(ids, dict) else {}
+    return Unwrapped(fields, envelope, device_ids, f"{field}.")
+
+
+def check_size(body: bytes | dict[str, Any], name: str, limits: Limits) -> dict[str, Any]:
+    """A device message parsed (when bytes) and checked to be a JSON object within the limits."""
     if isinstance(body, bytes | bytearray):
         try:
             body = load_json(body, limits)
         except NotJson as err:
-            raise UplinkRejected(f"uplink is {err}") from err
+            raise UplinkRejected(f"{name} is {err}") from err
     if not isinstance(body, dict):
-        raise UplinkRejected("uplink must be a JSON object")
+        raise UplinkRejected(f"{name} must be a JSON object")
     if too_deep(body, limits.max_depth):
         depth = json_depth(body)
-        raise UplinkRejected(f"uplink is nested {depth} levels deep; at most {limits.max_depth} are allowed")
+        raise UplinkRejected(f"{name} is nested {depth} levels deep; at most {limits.max_depth} are allowed")
+    return body
+
+
+def rejected(name: str, problems: list[dict[str, str]]) -> UplinkRejected:
+    """The error for a device message with these problems."""
+    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return UplinkRejected(f"invalid {name}: {summary}", problems)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A checked uplink, with what a whole The Things Stack uplink carried around it."""
+
+    uplink: UplinkSubmission
+    envelope: dict[str, Any]  # top-level fields other than ENVELOPE_FIELDS (`simulated`, ...)
+    device_ids: dict[str, Any]  # end_device_ids other than the registry's (`dev_addr`, ...)
+
+
+def _typos(fields: dict[str, Any]) -> list[dict[str, str]]:
+    """Unknown names that look like a field the handler reads (`fport` for `f_port`), as problems."""
+    problems = []
+    for name in fields:
+        if name in TTS_UPLINK_FIELDS:
+            continue
+        close = difflib.get_close_matches(name, READ_FIELDS, n=1, cutoff=0.85)
+        if close:
+            problems.append({"field": name, "message": f"unknown field; did you mean {close[0]}?"})
+    return problems
+
+
+def parse_submission(body: bytes | dict[str, Any], limits: Limits = Limits()) -> Submission:
+    """Parse and check an uplink body from MQTT or HTTP (bytes) or already-parsed JSON: its own fields, or a
+    whole The Things Stack uplink (`{"end_device_ids": ..., "uplink_message": {...}, ...}`)."""
+    message = unwrap(check_size(body, "uplink", limits), "uplink_message")
+    problems = [{**problem, "field": message.prefix + problem["field"]} for problem in _typos(message.fields)]
     try:
-        return UplinkSubmission.model_validate(body)
+        uplink = UplinkSubmission.model_validate(message.fields)
     except ValidationError as err:
-        problems = describe_errors(err)
-        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        raise UplinkRejected(f"invalid uplink: {summary}", problems) from err
+        problems += describe_errors(err, message.prefix.rstrip("."))
+    if problems:
+        raise rejected("uplink", problems)
+    return Submission(uplink, message.envelope, message.device_ids)
 
 
-def normalize(app_id: str, device: dict[str, Any], submission: UplinkSubmission) -> dict[str, Any]:
-    """The uplink as integrations receive it: ids, a fresh correlation id, and `received_at`."""
+def normalize(app_id: str, device: dict[str, Any], submission: Submission) -> dict[str, Any]:
+    """The uplink as integrations receive it: the registry's ids, a fresh correlation id first, `received_at`,
+    and every other field the sender gave, unchanged."""
     received_at = now_iso()
+    uplink = submission.uplink
     message: dict[str, Any] = {
-        key: value for key, value in submission.model_dump(exclude={"correlation_ids"}).items() if value is not None
+        key: value for key, value in uplink.model_dump(exclude={"correlation_ids"}).items() if value is not None
     }
-    message["received_at"] = received_at
-    correlation_ids = [f"up:{uuid.uuid4().hex}", *submission.correlation_ids]
+    message.setdefault("received_at", received_at)
+    ids = end_device_ids(app_id, device["device_id"], device.get("dev_eui"), device.get("join_eui"))
     return {
-        "end_device_ids": end_device_ids(app_id, device["device_id"], device.get("dev_eui"), device.get("join_eui")),
-        "correlation_ids": correlation_ids,
+        **submission.envelope,
+        "end_device_ids": {**ids, **submission.device_ids},
+        "correlation_ids": [f"up:{uuid.uuid4().hex}", *uplink.correlation_ids],
         "received_at": received_at,
         "uplink_message": message,
     }

@@ -54,6 +54,13 @@ class DeviceService:
             raise ValidationFailed(err.problems or [{"field": "(body)", "message": str(err)}]) from err
         return {"uplink": uplink, "downlink": downlink}
 
+    async def send_report(self, app_id: str, device_id: str, kind: str, body: bytes) -> dict[str, Any]:
+        """A join, downlink ack or nack, service data or solved location sent over HTTP; returns its event."""
+        try:
+            return await self.handler.accept_report(app_id, device_id, kind, body)
+        except UplinkRejected as err:
+            raise ValidationFailed(err.problems or [{"field": "(body)", "message": str(err)}]) from err
+
     async def push_downlinks(self, app_id: str, device_id: str, body: bytes, *, replace: bool) -> dict[str, Any]:
         """Queue downlinks (or replace the queue); returns them with their ids."""
         return {"downlinks": await self.handler.push_downlinks(app_id, device_id, body, replace=replace)}

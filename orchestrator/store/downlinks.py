@@ -78,6 +78,33 @@ def take_next(session: Session, *, app_id: str, device_id: str) -> tuple[QueuedD
     return item, len(items) - 1
 
 
+class NotAwaited(Exception):
+    """No confirmed downlink sent to the device waits for the answer it gave; the text says which."""
+
+
+def settle(session: Session, *, app_id: str, device_id: str, downlink_id: str | None, outcome: str) -> QueuedDownlink:
+    """Record a device's answer (`acked` or `nacked`) to a confirmed downlink it was sent: the one named, or,
+    as LoRaWAN's ACK bit means, the last one sent. NotAwaited when there is none to answer."""
+    statement = (
+        select(QueuedDownlink)
+        .where(
+            QueuedDownlink.application_id == app_id,
+            QueuedDownlink.device_id == device_id,
+            QueuedDownlink.state == "sent",
+        )
+        .order_by(QueuedDownlink.sent_at.desc())
+    )
+    if downlink_id is not None:
+        statement = statement.where(QueuedDownlink.id == downlink_id)
+    candidates = [item for item in session.scalars(statement) if item.body.get("confirmed")]
+    if not candidates:
+        named = f"downlink {downlink_id}" if downlink_id else "a confirmed downlink"
+        raise NotAwaited(f"no {named} was sent to {device_id} and waits for an answer")
+    item = candidates[0]
+    item.state = outcome
+    return item
+
+
 def expire(session: Session, *, ttl_seconds: int) -> list[QueuedDownlink]:
     """Fail every downlink queued longer than the time to live."""
     cutoff = utcnow() - timedelta(seconds=ttl_seconds)

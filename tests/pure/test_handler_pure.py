@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from orchestrator import keys
+from orchestrator.handler.reports import parse_report
 from orchestrator.handler.uplinks import UplinkRejected, normalize, parse_submission
 from worker_sdk import topics
 from worker_sdk.mqtt import topic_matches
@@ -56,7 +57,14 @@ def test_broker_grants_follow_scopes() -> None:
     assert ("readwrite", "v3/app/integrations/hook/#") in grants
     assert not any("up/push" in topic for _, topic in grants)
     device = keys.mqtt_grants("app", ["uplinks:write"], None)
-    assert device == [("write", "v3/app/devices/+/up/push"), ("read", "v3/app/devices/+/down/deliver")]
+    assert device == [
+        ("write", "v3/app/devices/+/up/push"),
+        *[
+            ("write", f"v3/app/devices/+/{kind}/push")
+            for kind in ("join", "down/ack", "down/nack", "service/data", "location/solved")
+        ],
+        ("read", "v3/app/devices/+/down/deliver"),
+    ]
 
 
 def test_uplink_is_normalized_with_ids_and_time() -> None:
@@ -74,9 +82,48 @@ def test_uplink_is_normalized_with_ids_and_time() -> None:
     assert other["correlation_ids"][0] != uplink["correlation_ids"][0]
 
 
-def test_tts_shaped_uplink_is_accepted() -> None:
-    submission = parse_submission({"uplink_message": {"f_port": 3, "decoded_payload": {"a": 1}, "received_at": "old"}})
-    assert submission.f_port == 3 and submission.decoded_payload == {"a": 1}
+def test_tts_shaped_uplink_keeps_every_field_but_the_registrys_ids() -> None:
+    body = {
+        "end_device_ids": {"device_id": "someone-else", "dev_addr": "00BCB929"},
+        "correlation_ids": ["ns:uplink:1"],
+        "received_at": "2020-02-12T15:15:46Z",
+        "uplink_message": {"f_port": 3, "consumed_airtime": "0.05s", "received_at": "2020-02-12T15:15:45.789585559Z"},
+        "simulated": True,
+    }
+    uplink = normalize("app", {"device_id": "dev"}, parse_submission(body))
+    assert uplink["end_device_ids"] == {
+        "device_id": "dev",
+        "application_ids": {"application_id": "app"},
+        "dev_addr": "00BCB929",
+    }
+    assert uplink["uplink_message"] == body["uplink_message"] and uplink["simulated"] is True
+    assert uplink["correlation_ids"][1:] == ["ns:uplink:1"] and uplink["received_at"] != body["received_at"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "message"),
+    [
+        ("join", b"[]", "join/push must be a JSON object"),
+        ("down/ack", b'{"id": 7}', "id: Input should be a valid string"),
+        ("down/ack", b'{"downlink": "x"}', "downlink: Extra inputs are not permitted"),
+        ("service/data", b'{"service": "x"}', "data: Field required"),
+        (
+            "location/solved",
+            b'{"location_solved": {"service": "s", "location": {"latitude": 1}}}',
+            "location_solved.location.longitude",
+        ),
+        ("join", b'{"correlation_ids": "x"}', "correlation_ids: must be a list of strings"),
+    ],
+)
+def test_bad_reports_are_rejected_with_the_reason(kind: str, body: bytes, message: str) -> None:
+    with pytest.raises(UplinkRejected, match=message):
+        parse_report(kind, body)
+
+
+def test_reports_take_their_own_fields_or_a_whole_tts_message() -> None:
+    assert parse_report("down/ack", b"").content == {}
+    whole = parse_report("join", {"end_device_ids": {"dev_addr": "01497ECC"}, "join_accept": {"session_key_id": "AX"}})
+    assert whole.content == {"session_key_id": "AX"} and whole.device_ids == {"dev_addr": "01497ECC"}
 
 
 @pytest.mark.parametrize(
@@ -85,7 +132,9 @@ def test_tts_shaped_uplink_is_accepted() -> None:
         (b"{not json", "not valid JSON"),
         (b"[1, 2]", "must be a JSON object"),
         (b'{"f_port": 1, "frm_payload": "@@"}', "frm_payload: must be base64"),
-        (b'{"fport": 1}', "fport: Extra inputs are not permitted"),
+        (b'{"fport": 1}', "fport: unknown field; did you mean f_port"),
+        (b'{"uplink_message": {"f_cnt": -1}}', "uplink_message.f_cnt: Input should be greater than or equal to 0"),
+        (b'{"received_at": "noon"}', "received_at: must be an RFC 3339 time"),
         (b'{"f_port": 999}', "f_port: Input should be less than or equal to 255"),
     ],
 )

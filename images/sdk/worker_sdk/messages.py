@@ -8,7 +8,16 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 ID_PATTERN = r"^[a-z0-9](?:-?[a-z0-9]){2,35}$"
 EUI_PATTERN = r"^[0-9A-Fa-f]{16}$"
@@ -39,7 +48,19 @@ def _check_eui(value: str) -> str:
     return value
 
 
+_AWARE_TIME: TypeAdapter[AwareDatetime] = TypeAdapter(AwareDatetime)
+
+
+def _check_time(value: str) -> str:
+    try:
+        _AWARE_TIME.validate_python(value)
+    except ValidationError as err:
+        raise ValueError("must be an RFC 3339 time with a time zone, like 2020-02-12T15:15:45.789Z") from err
+    return value  # kept as written (The Things Stack writes nanoseconds)
+
+
 Identifier = Annotated[str, AfterValidator(_check_identifier)]
+Timestamp = Annotated[str, AfterValidator(_check_time)]
 Eui = Annotated[str, AfterValidator(_check_eui)]
 Priority = Literal["LOWEST", "LOW", "BELOW_NORMAL", "NORMAL", "ABOVE_NORMAL", "HIGH", "HIGHEST"]
 
@@ -50,9 +71,13 @@ def now_iso() -> str:
 
 
 class UplinkSubmission(BaseModel):
-    """An uplink as a device or a simulator sends it to the handler (MQTT `up/push` or HTTP POST)."""
+    """An uplink as a device, a simulator or a network server sends it (MQTT `up/push` or HTTP POST).
 
-    model_config = ConfigDict(extra="forbid")
+    The fields the handler reads are checked; every other field (The Things Stack's `session_key_id`,
+    `consumed_airtime`, `locations`, `version_ids`, ...) passes through unchanged.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     f_port: int | None = Field(None, ge=0, le=255)
     f_cnt: int | None = Field(None, ge=0)
@@ -60,19 +85,8 @@ class UplinkSubmission(BaseModel):
     decoded_payload: dict[str, Any] | None = None
     rx_metadata: list[dict[str, Any]] | None = None
     settings: dict[str, Any] | None = None
+    received_at: Timestamp | None = None  # set by a network server; the handler's own time when absent
     correlation_ids: list[str] = Field(default_factory=list, max_length=16)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unwrap_tts_form(cls, data: Any) -> Any:
-        # Accept a whole The Things Stack uplink too, so recorded traffic can be replayed as is.
-        if isinstance(data, dict) and isinstance(data.get("uplink_message"), dict):
-            inner = dict(data["uplink_message"])
-            inner.pop("received_at", None)
-            if data.get("correlation_ids"):
-                inner.setdefault("correlation_ids", data["correlation_ids"])
-            return inner
-        return data
 
 
 class Downlink(BaseModel):
@@ -99,11 +113,13 @@ class Downlink(BaseModel):
 
 
 class DownlinkRequest(BaseModel):
-    """The body of `down/push` and `down/replace`: `{"downlinks": [...]}`."""
+    """The body of `down/push` and `down/replace`: `{"downlinks": [...]}` (an empty `down/replace` clears the
+    queue); The Things Stack's optional `end_device_ids` is read, and must name the device of the topic."""
 
     model_config = ConfigDict(extra="forbid")
 
-    downlinks: list[Downlink] = Field(min_length=1, max_length=16)
+    downlinks: list[Downlink] = Field(max_length=16)
+    end_device_ids: dict[str, Any] | None = None
 
 
 def end_device_ids(

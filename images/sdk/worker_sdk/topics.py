@@ -17,19 +17,37 @@ DEVICE_TOPIC_EVENTS: dict[str, str] = {
     "down/sent": "downlink.sent",
     "down/failed": "downlink.failed",
     "down/deliver": "downlink.deliver",
+    "down/ack": "downlink.ack",
+    "down/ack/push": "downlink.ack.push",
+    "down/nack": "downlink.nack",
+    "down/nack/push": "downlink.nack.push",
+    "join": "join.accept",
+    "join/push": "join.push",
+    "service/data": "service.data",
+    "service/data/push": "service.data.push",
+    "location/solved": "location.solved",
+    "location/solved/push": "location.solved.push",
     "events/create": "device.create",
     "events/update": "device.update",
     "events/delete": "device.delete",
 }
 EVENT_DEVICE_TOPICS: dict[str, str] = {event: suffix for suffix, event in DEVICE_TOPIC_EVENTS.items()}
 
+# What a device (or a network server speaking for it) reports, each on `{suffix}/push`, and the event it becomes.
+DEVICE_REPORTS = ("join", "down/ack", "down/nack", "service/data", "location/solved")
+
 # Events an integration can subscribe to (the rest are requests to the handler, not events).
 SUBSCRIBABLE_EVENTS = (
     "uplink",
     "uplink.error",
+    "join.accept",
     "downlink.queued",
     "downlink.sent",
+    "downlink.ack",
+    "downlink.nack",
     "downlink.failed",
+    "service.data",
+    "location.solved",
     "device.create",
     "device.update",
     "device.delete",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
 
@@ -14,6 +14,16 @@ router = APIRouter(prefix="/api/v1/applications/{app_id}/devices", tags=["device
 
 UPLINK_EXAMPLE = {"f_port": 1, "frm_payload": "AQI=", "decoded_payload": {"temperature": 21.5}}
 DOWNLINK_EXAMPLE = {"downlinks": [{"f_port": 2, "frm_payload": "AQ=="}]}
+JOIN_EXAMPLE = {"session_key_id": "AXBSH1Pk6Z0G166RlH16CQ=="}
+# Report paths over HTTP and the MQTT topics (`{topic}/push`) they stand for.
+REPORTS = {
+    "join": "join",
+    "downlink-ack": "down/ack",
+    "downlink-nack": "down/nack",
+    "service-data": "service/data",
+    "location-solved": "location/solved",
+}
+ReportKind = Literal["join", "downlink-ack", "downlink-nack", "service-data", "location-solved"]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DevicePublic)
@@ -76,6 +86,16 @@ async def send_uplink(
     sent back, if any."""
     who.require(app_id, "uplinks:write")
     return await services.devices.send_uplink(app_id, device_id, await request.body())
+
+
+@router.post("/{device_id}/reports/{kind}", status_code=status.HTTP_201_CREATED, openapi_extra=_json_body(JOIN_EXAMPLE))
+async def send_report(
+    app_id: str, device_id: str, kind: ReportKind, request: Request, services: ServicesDep, who: PrincipalDep
+) -> object:
+    """Report what The Things Stack's network server would for the device (like MQTT `join/push`, ...): a join, its
+    ack or nack of a confirmed downlink, service data or a solved location; logged, and answered with the event."""
+    who.require(app_id, "uplinks:write")
+    return await services.devices.send_report(app_id, device_id, REPORTS[kind], await request.body())
 
 
 @router.post("/{device_id}/downlinks", status_code=status.HTTP_201_CREATED, openapi_extra=_json_body(DOWNLINK_EXAMPLE))

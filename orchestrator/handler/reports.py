@@ -1,0 +1,113 @@
+"""What a device (or a network server speaking for it) reports besides uplinks: a join, its answer to a
+confirmed downlink, data from a service, a solved location. Checked here; pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from worker_sdk.messages import Timestamp, describe_errors
+
+from .uplinks import Limits, check_size, rejected, unwrap
+
+# The field of The Things Stack's message that carries each report, as it appears in the event.
+REPORT_FIELDS = {
+    "join": "join_accept",
+    "down/ack": "downlink_ack",
+    "down/nack": "downlink_nack",
+    "service/data": "service_data",
+    "location/solved": "location_solved",
+}
+
+
+class JoinAccept(BaseModel):
+    """A device joined: The Things Stack's `join_accept` (other fields pass through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    session_key_id: str | None = None
+    received_at: Timestamp | None = None
+
+
+class DownlinkAnswer(BaseModel):
+    """A device's ack or nack: of the downlink named by the id `down/deliver` gave, or of the last one sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, min_length=1, max_length=40)
+
+
+class ServiceData(BaseModel):
+    """Data from an application-layer service (`service_data`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    service: str = Field(min_length=1, max_length=100)
+    data: dict[str, Any]
+
+
+class Location(BaseModel):
+    """A position (`location_solved.location`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    altitude: float | None = None
+    accuracy: float | None = Field(None, ge=0)
+    source: str | None = None
+
+
+class LocationSolved(BaseModel):
+    """A location a service solved (`location_solved`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    service: str = Field(min_length=1, max_length=100)
+    location: Location
+    attributes: dict[str, str] | None = None
+
+
+MODELS: dict[str, type[BaseModel]] = {
+    "join": JoinAccept,
+    "down/ack": DownlinkAnswer,
+    "down/nack": DownlinkAnswer,
+    "service/data": ServiceData,
+    "location/solved": LocationSolved,
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    """A checked report, with what a whole The Things Stack message carried around it."""
+
+    kind: str
+    content: dict[str, Any]
+    correlation_ids: list[str]
+    envelope: dict[str, Any]
+    device_ids: dict[str, Any]
+
+
+def parse_report(kind: str, body: bytes | dict[str, Any], limits: Limits = Limits()) -> Report:
+    """Check one report: its own fields, or a whole The Things Stack message (`{"join_accept": {...}, ...}`);
+    an empty body is an empty object (an ack of the last confirmed downlink needs nothing else)."""
+    name = f"{kind}/push"
+    if isinstance(body, bytes | bytearray) and not body.strip():
+        body = {}
+    message = unwrap(check_size(body, name, limits), REPORT_FIELDS[kind])
+    fields = dict(message.fields)
+    correlation_ids = fields.pop("correlation_ids", [])
+    problems = []
+    if not isinstance(correlation_ids, list) or not all(isinstance(item, str) for item in correlation_ids):
+        problems.append({"field": "correlation_ids", "message": "must be a list of strings"})
+    elif len(correlation_ids) > 16:
+        problems.append({"field": "correlation_ids", "message": "at most 16 are allowed"})
+    try:
+        content = MODELS[kind].model_validate(fields).model_dump(exclude_none=True)
+    except ValidationError as err:
+        problems += describe_errors(err, message.prefix.rstrip("."))
+    if problems:
+        raise rejected(name, problems)
+    return Report(kind, content, list(correlation_ids), message.envelope, message.device_ids)
