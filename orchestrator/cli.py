@@ -19,7 +19,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from .config import Settings
 from .errors import OrchestratorError, TemplateFileError
-from .templates import load_template
+from .templates import load_template, tts
 
 if TYPE_CHECKING:
     from .wiring import Orchestrator
@@ -216,6 +216,40 @@ def validate(paths: tuple[Path, ...]) -> None:
         )
     if broken:
         click.echo(f"{broken} of {len(files)} templates are invalid", err=True)
+        sys.exit(1)
+
+
+@templates.command("import-tts")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write to")
+def import_tts(source: Path, output: Path) -> None:
+    """Convert The Things Stack's webhook templates (a folder of its *.yml) into templates of ours; one line per
+    file says what became of it; exit 1 only if a file is broken."""
+    webhook_file = Settings().templates_dir / "webhook.yaml"
+    webhook = load_template(webhook_file) if webhook_file.is_file() else None
+    output.mkdir(parents=True, exist_ok=True)
+    files = tts.template_files(source)
+    if not files:
+        click.echo(f"no template files (*.yml, *.yaml) in {source}", err=True)
+        sys.exit(1)
+    broken = imported = 0
+    for file in files:
+        try:
+            result = tts.read_file(file, webhook)
+        except tts.BrokenTemplate as err:
+            broken += 1
+            click.echo(f"{file.name}: BROKEN: {err}", err=True)
+            continue
+        except tts.NotImportable as err:
+            click.echo(f"{file.name}: not imported: {err}")
+            continue
+        target = output / f"{result.template.id}.yaml"
+        target.write_text(tts.to_yaml(result, file.name), encoding="utf-8")
+        imported += 1
+        notes = f" ({'; '.join(result.notes)})" if result.notes else ""
+        click.echo(f"{file.name}: imported as {target}{notes}")
+    click.echo(f"{imported} imported, {len(files) - imported - broken} not imported, {broken} broken")
+    if broken:
         sys.exit(1)
 
 

@@ -185,6 +185,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="API admin token; generated in development")
     secret_key: SecretStr | None = Field(None, description="Fernet key for secrets at rest")
     templates_dir: Path = PROJECT_ROOT / "integration_templates"
+    tts_templates_dir: Path | None = Field(
+        None,
+        description="A folder of The Things Stack's webhook templates (a checkout of TheThingsNetwork/"
+        "lorawan-webhook-templates as it is): each is converted on load and shown in the gallery too",
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line")
     lease_seconds: float = Field(

@@ -67,7 +67,9 @@ class Orchestrator:
         db = Database(settings.resolved_database_url)
         db.migrate()
         cluster_id = db.run_now(cluster_store.cluster_id)  # the runtimes label workers with it
-        templates = TemplateRegistry(settings.templates_dir, settings.worker_environment).load()
+        templates = TemplateRegistry(
+            settings.templates_dir, settings.worker_environment, tts_directory=settings.tts_templates_dir
+        ).load()
         secret_key = settings.persistent_secret("secret.key", settings.secret_key, factory="fernet")
         box = SecretBox(secret_key)
         identity = Identity(

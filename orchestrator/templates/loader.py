@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from ..errors import NotFoundError, TemplateFileError
 from .models import PLACEHOLDER, IntegrationTemplate
-from .values import FieldProblem, coerce, load_check
+from .tts import BrokenTemplate, NotImportable, read_file, template_files
+from .values import FieldProblem, coerce, load_check, uri_variables
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ def _cross_checks(template: IntegrationTemplate, path: Path) -> list[tuple[tuple
         problems.append((("id",), f"id {template.id!r} must equal the file name {path.stem!r}"))
     seen_ids: set[str] = set()
     seen_env: dict[str, str] = {name: "environment" for name in template.environment}
+    for name in template.uri_environment:
+        if name in seen_env:
+            problems.append((("uri_environment", name), f"{name} is already set by environment"))
+        seen_env[name] = "uri_environment"
     for index, spec in enumerate(template.fields):
         where = ("fields", index)
         if spec.id in seen_ids:
@@ -89,12 +94,20 @@ def _cross_checks(template: IntegrationTemplate, path: Path) -> list[tuple[tuple
                 problems.append(((*where, "default"), f"default {spec.default!r} {err}"))
         if not spec.env and not _referenced(template, spec.id):
             problems.append((where, f"field {spec.id!r} has no env and no ${{{spec.id}}} in environment"))
-    for name, value in template.environment.items():
+    field_ids = {spec.id for spec in template.fields}
+    for name, uri in template.uri_environment.items():
+        sources = uri.values() if isinstance(uri, dict) else [uri]
+        if any(not _balanced(source) for source in sources):
+            problems.append((("uri_environment", name), "not an RFC 6570 template: a { without its } (or nested)"))
+        for ref in uri_variables(uri):
+            if ref not in field_ids:
+                problems.append((("uri_environment", name), f"{{{ref}}} names no field of this template"))
+    for name, value in [*template.environment.items(), *template.uri_environment.items()]:
         if not re.match(r"^[A-Z][A-Z0-9_]*$", name):
             problems.append((("environment", name), f"{name!r} is not a valid environment variable name"))
         elif RESERVED_ENV.match(name):
             problems.append((("environment", name), f"{name} is reserved for the orchestrator"))
-        for ref in _placeholders(value):
+        for ref in _placeholders(value) if name in template.environment else []:
             if ref not in seen_ids:
                 problems.append((("environment", name), f"${{{ref}}} names no field of this template"))
     if template.check is not None:
@@ -124,7 +137,20 @@ def _placeholders(value: Any) -> list[str]:
 
 
 def _referenced(template: IntegrationTemplate, field_id: str) -> bool:
-    return any(field_id in _placeholders(value) for value in template.environment.values())
+    return any(field_id in _placeholders(value) for value in template.environment.values()) or any(
+        field_id in uri_variables(uri) for uri in template.uri_environment.values()
+    )
+
+
+def _balanced(source: str) -> bool:
+    """True when every `{` of an RFC 6570 template closes before the next one opens."""
+    depth = 0
+    for char in source:
+        if char in "{}":
+            depth += 1 if char == "{" else -1
+            if depth not in (0, 1):
+                return False
+    return depth == 0
 
 
 def load_template(path: Path) -> IntegrationTemplate:
@@ -163,8 +189,11 @@ def load_template(path: Path) -> IntegrationTemplate:
 class TemplateRegistry:
     """Every template from the templates directory, by id."""
 
-    def __init__(self, directory: Path, worker_environment: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, directory: Path, worker_environment: Mapping[str, str] | None = None, tts_directory: Path | None = None
+    ) -> None:
         self.directory = directory
+        self.tts_directory = tts_directory  # The Things Stack's templates, converted on load
         # What the orchestrator gives every worker besides a template's variables (images' checks see it).
         self.worker_environment = dict(worker_environment or {})
         self.templates: dict[str, IntegrationTemplate] = {}
@@ -182,9 +211,37 @@ class TemplateRegistry:
                 log.error("template %s is broken and was not loaded: %s", path.name, "; ".join(err.problems))
                 continue
             templates[template.id] = template
+        if self.tts_directory is not None:
+            self._load_tts(templates, broken)
         self.templates, self.broken = templates, broken
         log.info("loaded %d integration templates from %s", len(templates), self.directory)
         return self
+
+    def _load_tts(self, templates: dict[str, IntegrationTemplate], broken: dict[str, list[str]]) -> None:
+        """Add The Things Stack's templates from their folder; one of ours with the same id wins."""
+        assert self.tts_directory is not None
+        if not self.tts_directory.is_dir():
+            log.error(
+                "ORCH_TTS_TEMPLATES_DIR %s is not a folder: no templates of The Things Stack's", self.tts_directory
+            )
+            return
+        count = 0
+        for path in template_files(self.tts_directory):
+            try:
+                imported = read_file(path, templates.get("webhook"))
+            except BrokenTemplate as err:
+                broken[path.stem] = [str(err)]
+                log.error("The Things Stack's template %s is broken and was not loaded: %s", path.name, err)
+                continue
+            except NotImportable as err:
+                log.info("The Things Stack's template %s is not offered: %s", path.name, err)
+                continue
+            if imported.template.id in templates:
+                log.warning("The Things Stack's template %s is not offered: ours has its id", path.name)
+                continue
+            templates[imported.template.id] = imported.template
+            count += 1
+        log.info("loaded %d of The Things Stack's templates from %s", count, self.tts_directory)
 
     def get(self, template_id: str) -> IntegrationTemplate:
         """The template with this id; NotFoundError otherwise."""

@@ -89,6 +89,11 @@ class IntegrationTemplate(BaseModel):
     environment: dict[str, Any] = Field(
         default_factory=dict, description="Fixed variables; `${field}` inserts a field's value"
     )
+    uri_environment: dict[str, str | dict[str, str]] = Field(
+        default_factory=dict,
+        description="Variables made by RFC 6570 expansion of the fields (`{/region}`, `{?key}`; as The Things "
+        "Stack expands its templates' base-url and paths); an object becomes a JSON object of expansions",
+    )
     check: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from uritemplate import URITemplate
+
 from .models import PLACEHOLDER, IntegrationTemplate, TemplateField
 
 
@@ -158,13 +160,29 @@ def image_check(template: IntegrationTemplate, environment: dict[str, str]) -> l
 
 
 def field_of(template: IntegrationTemplate, variable: str) -> str | None:
-    """The field whose value sets this environment variable (directly, or through `${field}`), if any."""
+    """The field whose value sets this environment variable (directly, through `${field}` or an RFC 6570
+    expansion), if any."""
     for spec in template.fields:
         if spec.env == variable:
             return spec.id
     fixed = template.environment.get(variable)
     used = PLACEHOLDER.findall(json.dumps(fixed)) if fixed is not None else []
+    if variable in template.uri_environment:
+        used += uri_variables(template.uri_environment[variable])
     return used[0] if used else None
+
+
+def uri_variables(value: str | dict[str, str]) -> list[str]:
+    """The field ids an RFC 6570 template (or an object of them) expands."""
+    sources = value.values() if isinstance(value, dict) else [value]
+    return [name for source in sources for name in URITemplate(source).variable_names]
+
+
+def _expand(value: str | dict[str, str], values: dict[str, Any]) -> str:
+    variables: dict[str, Any] = {k: as_text(v) for k, v in values.items() if v is not None and v != ""}
+    if isinstance(value, dict):
+        return as_text({key: URITemplate(source).expand(variables) for key, source in value.items()})
+    return str(URITemplate(value).expand(variables))
 
 
 def _substitute(value: Any, values: dict[str, Any], used: set[str]) -> Any:
@@ -192,6 +210,10 @@ def build_environment(template: IntegrationTemplate, values: dict[str, Any]) -> 
         used: set[str] = set()
         environment[name] = as_text(_substitute(fixed, values, used))
         if used & secret_ids:
+            secret_env.append(name)
+    for name, uri in template.uri_environment.items():
+        environment[name] = _expand(uri, values)
+        if set(uri_variables(uri)) & secret_ids:
             secret_env.append(name)
     for spec in template.fields:
         if spec.env and spec.id in values:

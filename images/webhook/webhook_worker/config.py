@@ -41,6 +41,12 @@ class WebhookSettings(ImageSettings):
     ca_file: str = Field("", description="Path of an extra CA (PEM) to trust")
     ca_pem: str = Field("", description="The same as PEM text (a container has no files of the user's)")
     events: str = Field("uplink", description="Comma-separated events to send")
+    paths: str = Field(
+        "{}", description="JSON object: event name -> path template added to WEBHOOK_URL (one path per message type)"
+    )
+    field_mask: str = Field(
+        "", description="Comma-separated paths of the message to send (`uplink_message.decoded_payload`); empty: all"
+    )
 
     @field_validator("url")
     @classmethod

@@ -13,8 +13,9 @@ from pydantic import ValidationError
 from worker_sdk import Event
 from worker_sdk.messages import Downlink, describe_errors
 from worker_sdk.outbound import OutboundPolicy
+from worker_sdk.topics import SUBSCRIBABLE_EVENTS
 
-from .config import WebhookSettings
+from .config import WebhookSettings, split_names
 from .render import (
     JsonTemplate,
     Template,
@@ -83,6 +84,16 @@ class RequestBuilder:
                 raise TemplateError(f"WEBHOOK_HEADERS.{name}: a header cannot hold a line break")
         self.secret_headers = _secret_headers(settings.secret_headers.get_secret_value())
         self.query = _template_map(settings.query, "WEBHOOK_QUERY")
+        self.paths = {
+            name: url_template(t.source, f"WEBHOOK_PATHS.{name}")
+            for name, t in _template_map(settings.paths, "WEBHOOK_PATHS").items()
+        }
+        unknown = [name for name in self.paths if name not in SUBSCRIBABLE_EVENTS]
+        if unknown:
+            raise TemplateError(
+                f"WEBHOOK_PATHS: unknown events {unknown}; choose from {', '.join(SUBSCRIBABLE_EVENTS)}"
+            )
+        self.field_mask = [mask_path(item) for item in split_names(settings.field_mask)]
         self.body_json: JsonTemplate | None = None
         self.body_raw: Template | None = None
         if settings.body_format in ("json", "form"):
@@ -109,12 +120,15 @@ class RequestBuilder:
     @property
     def needs_context(self) -> bool:
         """False when nothing is templated: the event is then forwarded without building variables."""
-        templates = [self.url, *self.headers.values(), *self.query.values(), *self.secret_headers.values()]
+        templates = [self.url, *self.paths.values(), *self.headers.values(), *self.query.values()]
+        templates += self.secret_headers.values()
         return any(not t.constant for t in templates) or self.body_json is not None or self.body_raw is not None
 
     def build(self, event: Event, context: dict[str, Any], raw_message: bytes) -> OutgoingRequest:
         """Render the request for one event."""
         url = self.url.render(context)
+        if event.name in self.paths:
+            url += self.paths[event.name].render(context)
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise InvalidRequest(f"the rendered URL {url[:200]!r} is not an http(s) URL with a host")
@@ -141,10 +155,12 @@ class RequestBuilder:
             secrets.append(value)
         if self.auth_header:
             headers[self.auth_header[0]] = self.auth_header[1]
-        return OutgoingRequest(self.method, url, headers, self._body(context, raw_message), secrets)
+        return OutgoingRequest(self.method, url, headers, self._body(event, context, raw_message), secrets)
 
-    def _body(self, context: dict[str, Any], raw_message: bytes) -> bytes | None:
+    def _body(self, event: Event, context: dict[str, Any], raw_message: bytes) -> bytes | None:
         if self.body_format == "message":
+            if self.field_mask:
+                return json.dumps(masked(event.payload, self.field_mask), separators=(",", ":")).encode()
             return raw_message
         if self.body_json is not None:
             value = self.body_json.render(context)
@@ -154,6 +170,30 @@ class RequestBuilder:
         if self.body_raw is not None:
             return self.body_raw.render(context).encode()
         return None
+
+
+def mask_path(text: str) -> list[str]:
+    """A field mask path as keys; The Things Stack's `up.` (its message's one-of) is dropped."""
+    return text.removeprefix("up.").split(".")
+
+
+def masked(message: dict[str, Any], paths: list[list[str]]) -> dict[str, Any]:
+    """Only the parts of the message the paths name (and `end_device_ids`, which says whose it is)."""
+    kept: dict[str, Any] = {}
+    for path in [["end_device_ids"], *paths]:
+        value: Any = message
+        for key in path:
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            continue
+        target = kept
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+    return kept
+
+
+_MISSING = object()
 
 
 def _form_value(value: Any) -> str:
