@@ -200,6 +200,12 @@ class IntegrationPublic(BaseModel):
     counters: IntegrationCounters
     created_at: datetime
     updated_at: datetime
+    downlink_key_id: str | None = Field(
+        None, description="The key the target pushes downlinks with, when the template asks for one"
+    )
+    downlink_api_key: str | None = Field(
+        None, description="That key itself: only in the answer to the create, shown once (write it down)"
+    )
 
 
 class ValidationResult(BaseModel):

@@ -117,6 +117,9 @@ class Integration(Base):
     secrets_encrypted: Mapped[str] = mapped_column(Text, default="")
     key_id: Mapped[str] = mapped_column(String(40))
     key_encrypted: Mapped[str] = mapped_column(Text)
+    # The key a target platform pushes downlinks with, when the template asks for one (sealed; shown once).
+    downlink_key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    downlink_key_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     replicas: Mapped[int] = mapped_column(Integer, default=1)
     resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

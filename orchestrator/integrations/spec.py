@@ -49,6 +49,12 @@ def build_spec(
         "HANDLER_API_KEY": key,
         "INTEGRATION_ID": record.id,
     }
+    secret_env = [*resolved.secret_env, "HANDLER_API_KEY"]
+    if record.downlink_key_encrypted:  # the target pushes downlinks back (TTS's X-Downlink-* headers)
+        base = f"{settings.public_url or settings.api_url}/api/v3/as/applications/{record.application_id}"
+        environment["HANDLER_DOWNLINK_API_KEY"] = box.open(record.downlink_key_encrypted)
+        environment["HANDLER_DOWNLINK_URL"] = f"{base}/webhooks/{record.id}/devices/{{device_id}}/down"
+        secret_env.append("HANDLER_DOWNLINK_API_KEY")
     return WorkerSpec(
         name=record.runtime_name,
         application_id=record.application_id,
@@ -58,7 +64,7 @@ def build_spec(
         image=template.image.reference,
         python_module=template.image.python_module,
         environment=environment,
-        secret_env=(*resolved.secret_env, "HANDLER_API_KEY"),
+        secret_env=tuple(secret_env),
         replicas=record.replicas,
         memory_mb=record.resources.get("memory_mb", template.resources.memory_mb),
         cpus=record.resources.get("cpus", template.resources.cpus),

@@ -18,7 +18,7 @@ from worker_sdk.redact import Redactor, secret_strings
 
 from ..bus import Bus, Listener
 from ..db import Database
-from ..db.models import IntegrationActivity, IntegrationStats, utcnow
+from ..db.models import Integration, IntegrationActivity, IntegrationStats, utcnow
 from ..errors import ConflictError, ValidationFailed
 from ..handler.core import Handler
 from ..integrations.spec import resolve
@@ -100,6 +100,7 @@ class IntegrationService:
             },
             "created_at": values["created_at"],
             "updated_at": values["updated_at"],
+            "downlink_key_id": values["downlink_key_id"],
         }
 
     async def get(self, app_id: str, integration_id: str) -> IntegrationPublic:
@@ -130,9 +131,12 @@ class IntegrationService:
         record = await self.db.run(
             store.create_integration, templates=self.templates, box=self.box, app_id=app_id, data=data
         )
-        await self.keys.changed(app_id, [record.key_id])
+        await self.keys.changed(app_id, _key_ids(record))
         await self.reconciler.reconcile_one(app_id, record.id)
-        return await self.get(app_id, record.id)
+        created = await self.get(app_id, record.id)
+        if record.downlink_key_encrypted:  # shown this once; the worker gets it from the sealed copy
+            created.downlink_api_key = self.box.open(record.downlink_key_encrypted)
+        return created
 
     async def update(self, app_id: str, integration_id: str, data: IntegrationUpdate) -> IntegrationPublic:
         """Change name, config (merged; omitted secrets kept), replicas or resources; the worker is replaced."""
@@ -151,7 +155,7 @@ class IntegrationService:
         """Delete: the worker is stopped and removed, its key revoked, before this returns."""
         record = await self.db.run(store.delete_integration, app_id=app_id, integration_id=integration_id)
         await self.reconciler.remove(record)
-        await self.keys.changed(app_id, [record.key_id])
+        await self.keys.changed(app_id, _key_ids(record))
 
     async def set_enabled(self, app_id: str, integration_id: str, enabled: bool) -> IntegrationPublic:
         """Enable (start again; what arrived meanwhile is delivered) or disable (pause, configuration kept)."""
@@ -171,7 +175,10 @@ class IntegrationService:
         """The worker's last log lines, and an iterator of new ones, both with secrets masked."""
         record = await self.db.read(store.get_integration, app_id, integration_id)
         secrets = secret_strings(self.box.open(record.secrets_encrypted, {}))
-        redactor = Redactor([*secrets, self.box.open(record.key_encrypted)])
+        keys = [self.box.open(record.key_encrypted)]
+        if record.downlink_key_encrypted:
+            keys.append(self.box.open(record.downlink_key_encrypted))
+        redactor = Redactor([*secrets, *keys])
         lines = [redactor.text(line) for line in await self.runtime.logs(record.runtime_name, tail)]
 
         async def follow() -> AsyncIterator[str]:
@@ -274,3 +281,8 @@ async def _wait_for_answer(listener: Listener, integration_id: str, correlation_
                     return data
     except TimeoutError:
         return None
+
+
+def _key_ids(record: Integration) -> list[str]:
+    """The keys an integration owns: its worker's, and its target's downlink key if it has one."""
+    return [record.key_id, *([record.downlink_key_id] if record.downlink_key_id else [])]

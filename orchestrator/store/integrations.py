@@ -63,7 +63,8 @@ def integrations_to_check(session: Session) -> list[Integration]:
 PUBLIC_COLUMNS = [
     column
     for column in Integration.__table__.c
-    if column.name not in ("key_id", "key_encrypted", "generation", "config_hash", "delivery_latency")
+    if column.name
+    not in ("key_id", "key_encrypted", "downlink_key_encrypted", "generation", "config_hash", "delivery_latency")
 ]
 
 
@@ -144,6 +145,7 @@ def create_integration(
         secrets_encrypted=box.seal(resolved.secrets) if resolved.secrets else "",
         key_id=key_record.id,
         key_encrypted=box.seal(key),
+        **_downlink_key(session, box, app_id, integration_id, template.downlink_api_key),
         enabled=data.enabled,
         replicas=data.replicas,
         resources=data.resources.model_dump(exclude_none=True),
@@ -152,6 +154,16 @@ def create_integration(
     session.add(record)
     session.flush()
     return record
+
+
+def _downlink_key(session: Session, box: SecretBox, app_id: str, integration_id: str, wanted: bool) -> dict[str, Any]:
+    """A key with only downlinks:write for the integration's target platform, when its template asks for one."""
+    if not wanted:
+        return {}
+    record, key = create_key(
+        session, box=box, app_id=app_id, name=f"downlinks from integration {integration_id}", scopes=["downlinks:write"]
+    )
+    return {"downlink_key_id": record.id, "downlink_key_encrypted": box.seal(key)}
 
 
 def update_integration(
@@ -215,6 +227,8 @@ def reseal_secrets(session: Session, box: SecretBox) -> int:
     for record in records:
         record.secrets_encrypted = box.reseal(record.secrets_encrypted)
         record.key_encrypted = box.reseal(record.key_encrypted)
+        if record.downlink_key_encrypted:
+            record.downlink_key_encrypted = box.reseal(record.downlink_key_encrypted)
     for key in session.scalars(select(ApiKey)):
         if key.key_sealed is not None:
             key.key_sealed = box.reseal(key.key_sealed)
@@ -224,7 +238,7 @@ def reseal_secrets(session: Session, box: SecretBox) -> int:
 def delete_integration(session: Session, *, app_id: str, integration_id: str) -> Integration:
     """Delete the record, its key, its history and counters; returns it so the worker can be removed."""
     record = get_integration(session, app_id, integration_id)
-    session.execute(delete(ApiKey).where(ApiKey.id == record.key_id))
+    session.execute(delete(ApiKey).where(ApiKey.id.in_([record.key_id, record.downlink_key_id or record.key_id])))
     for table in (IntegrationActivity, IntegrationStats, DeadLetter):
         session.execute(delete(table).where(table.application_id == app_id, table.integration_id == integration_id))
     session.delete(record)

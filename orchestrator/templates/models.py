@@ -94,6 +94,12 @@ class IntegrationTemplate(BaseModel):
         description="Variables made by RFC 6570 expansion of the fields (`{/region}`, `{?key}`; as The Things "
         "Stack expands its templates' base-url and paths); an object becomes a JSON object of expansions",
     )
+    downlink_api_key: bool = Field(
+        False,
+        description="Give each integration a key (scope downlinks:write) its target uses to push downlinks back; "
+        "the worker gets it with HANDLER_DOWNLINK_API_KEY and the push and replace URLs (TTS's "
+        "create-downlink-api-key)",
+    )
     check: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",

@@ -190,8 +190,6 @@ def convert(data: Any, webhook: IntegrationTemplate | None = None) -> Imported:
         events.append(event)
     if not events:
         raise NotImportable("no message type this handler produces has a path (uplink-message, join-accept, ...)")
-    if data.get("create-downlink-api-key"):
-        notes.append("create-downlink-api-key: no downlink key is made yet; the platform cannot push downlinks")
     headers, secret_headers = _headers(data, ids, secret_ids)
     mask = data.get("field-mask") or []
     if not isinstance(mask, list) or not all(isinstance(item, str) for item in mask):
@@ -225,6 +223,7 @@ def convert(data: Any, webhook: IntegrationTemplate | None = None) -> Imported:
             fields=fields,
             environment=environment,
             uri_environment={"WEBHOOK_URL": base_url, "WEBHOOK_PATHS": paths},
+            downlink_api_key=bool(data.get("create-downlink-api-key")),
         )
     except ValidationError as err:
         first = err.errors(include_url=False)[0]

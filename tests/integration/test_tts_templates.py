@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import yaml
 
 from tests.support.orchestrator import RunningOrchestrator
@@ -32,7 +33,7 @@ def write_tts_folder(folder: Path, sink: HttpSink) -> None:
         ],
         "format": "json",
         "headers": {"Authorization": "Token {api-key}", "X-Tenant": "{tenant}"},
-        "create-downlink-api-key": False,
+        "create-downlink-api-key": True,
         "base-url": sink.url + "/hooks{/tenant}",
         "paths": {"uplink-message": "/up", "join-accept": "/join", "uplink-normalized": "/normalized"},
     }
@@ -72,7 +73,11 @@ def test_a_tts_template_imports_validates_and_delivers_what_tts_would(
             "POST", f"/api/v1/applications/{APP}/integrations", 422, json={"id": "acme", "template_id": "acme"}
         ).json()
         assert {problem["field"] for problem in refused["errors"]} == {"config.tenant", "config.api_key"}
-        orch.create_integration(APP, id="acme", template_id="acme", config={"tenant": "t 1", "api_key": "k-123/x"})
+        created = orch.create_integration(
+            APP, id="acme", template_id="acme", config={"tenant": "t 1", "api_key": "k-123/x"}
+        )
+        downlink_key = created["downlink_api_key"]  # shown once
+        assert downlink_key.startswith("ik.") and created["downlink_key_id"] in downlink_key
         orch.wait_state(APP, "acme", "running")
 
         uplink = orch.uplink(APP, "dev1", {"f_port": 1, "decoded_payload": {"temperature": 21.5}})["uplink"]
@@ -87,6 +92,24 @@ def test_a_tts_template_imports_validates_and_delivers_what_tts_would(
         assert by_path["/hooks/t%201/up"].json() == uplink  # the message as TTS sends it
         assert by_path["/hooks/t%201/join"].json() == join
         shown = json.dumps(orch.integration(APP, "acme"))
-        assert "k-123" not in shown and "t 1" in shown
+        assert "k-123" not in shown and "t 1" in shown and downlink_key not in shown
+
+        # The platform pushes a downlink back as it would to The Things Stack; the device gets it.
+        up = by_path["/hooks/t%201/up"]
+        assert up.headers["x-downlink-apikey"] == downlink_key
+        push_url = up.headers["x-downlink-push"]
+        assert push_url == f"{orch.url}/api/v3/as/applications/{APP}/webhooks/acme/devices/dev1/down/push"
+        assert up.headers["x-downlink-replace"] == push_url.removesuffix("/push") + "/replace"
+        bearer = {"Authorization": f"Bearer {downlink_key}"}
+        downlink = {"downlinks": [{"f_port": 15, "frm_payload": "vu8=", "priority": "NORMAL"}]}
+        assert httpx.post(push_url, json=downlink, headers=bearer).status_code == 200
+        sent = orch.uplink(APP, "dev1", {"f_port": 1})["downlink"]
+        assert (sent["f_port"], sent["frm_payload"]) == (15, "vu8=")
+        wrong_hook = push_url.replace("/webhooks/acme/", "/webhooks/other/")
+        assert httpx.post(wrong_hook, json=downlink, headers=bearer).status_code == 404
+        reading = httpx.get(f"{orch.url}/api/v1/applications/{APP}/devices", headers=bearer)
+        assert reading.status_code == 403  # the downlink key can push downlinks, nothing else
+        orch.call("DELETE", f"/api/v1/applications/{APP}/integrations/acme", 204)
+        assert httpx.post(push_url, json=downlink, headers=bearer).status_code == 401  # revoked with it
     finally:
         orch.stop()

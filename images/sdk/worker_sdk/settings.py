@@ -23,6 +23,12 @@ class HandlerSettings(BaseSettings):
     mqtt_username: str | None = Field(None, description="Broker user; defaults to the key's id")
     mqtt_password: SecretStr | None = Field(None, description="Broker password; defaults to the key")
     ca_file: str | None = None
+    downlink_api_key: SecretStr | None = Field(
+        None, description="The key the integration's target pushes downlinks with (when its template asks for one)"
+    )
+    downlink_url: str | None = Field(
+        None, description="Where the target pushes them: {device_id} filled in, then /push or /replace"
+    )
 
     @field_validator("mqtt_url")
     @classmethod

@@ -6,7 +6,7 @@ import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from pydantic import ValidationError
 
@@ -109,6 +109,7 @@ class RequestBuilder:
             "form": "application/x-www-form-urlencoded",
             "raw": settings.content_type,
         }.get(settings.body_format)
+        self.downlink: tuple[str, str] | None = None  # (key, URL) the target pushes downlinks back with
         self.auth_header: tuple[str, str] | None = None
         token = settings.auth_token.get_secret_value()
         if settings.auth_username:
@@ -155,6 +156,16 @@ class RequestBuilder:
             secrets.append(value)
         if self.auth_header:
             headers[self.auth_header[0]] = self.auth_header[1]
+        if self.downlink:  # as The Things Stack adds them when a webhook has a downlink key
+            key, device_url = self.downlink[0], self.downlink[1].replace("{device_id}", quote(event.device_id, safe=""))
+            headers.update(
+                {
+                    "X-Downlink-Apikey": key,
+                    "X-Downlink-Push": f"{device_url}/push",
+                    "X-Downlink-Replace": f"{device_url}/replace",
+                }
+            )
+            secrets.append(key)
         return OutgoingRequest(self.method, url, headers, self._body(event, context, raw_message), secrets)
 
     def _body(self, event: Event, context: dict[str, Any], raw_message: bytes) -> bytes | None:

@@ -84,6 +84,8 @@ class WebhookWorker(Worker):
         self.policy = OutboundPolicy.from_environment(os.environ)
         prepared = prepare(self.settings, self.policy)  # what the orchestrator checked before it accepted it
         self.builder = prepared.builder
+        if self.handler.downlink_api_key and self.handler.downlink_url:
+            self.builder.downlink = (self.handler.downlink_api_key.get_secret_value(), self.handler.downlink_url)
         self.response_template = prepared.response_template
         self.needs_context = self.builder.needs_context or bool(self.settings.response_template)
         self.ssl_context = prepared.ssl_context
