@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from orchestrator.config import PROJECT_ROOT
@@ -235,3 +237,59 @@ def test_a_user_sees_a_dead_letter_and_sends_it_again(
     expect(page.get_by_text("None: nothing failed for good.")).to_be_visible(timeout=15_000)
     received = wait_for(sink.accepted, what="the replayed uplink")[0]
     assert received.json()["uplink_message"]["decoded_payload"] == {"rpm": 1200}
+
+
+def test_the_gallery_stays_easy_to_use_with_many_templates(
+    browser: Browser, tmp_path: Path, mosquitto: str, sink: HttpSink
+) -> None:
+    # Forty of The Things Stack's templates beside ours; logos from a URL (served here), gone, or none.
+    folder = tmp_path / "lorawan-webhook-templates"
+    folder.mkdir()
+    for number in range(40):
+        template: dict[str, object] = {
+            "template-id": f"platform-{number}",
+            "name": f"Platform {number}",
+            "description": f"Dashboards number {number}",
+            "base-url": sink.url,
+            "paths": {"uplink-message": "/"},
+        }
+        if number == 7:
+            template |= {"logo-url": sink.url + "/logo.svg", "documentation-url": sink.url + "/docs"}
+        if number == 17:
+            template["logo-url"] = "http://127.0.0.1:9/gone.png"
+        (folder / f"platform-{number}.yml").write_text(yaml.safe_dump(template))
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="48" height="48"><rect width="48" height="48"/></svg>'
+    sink.responder = lambda request: (200, {"Content-Type": "image/svg+xml"}, svg)
+    orch = RunningOrchestrator(
+        tmp_path / "o", ORCH_BROKER__MOSQUITTO_BINARY=mosquitto, ORCH_TTS_TEMPLATES_DIR=str(folder)
+    ).start()
+    try:
+        total = len(orch.call("GET", "/api/v1/templates", 200).json())
+        assert total >= 46
+        orch.create_application("many")
+        page = browser.new_page()
+        sign_in(page, orch)
+        page.goto(orch.url + "/#/apps/many/gallery")
+        expect(page.get_by_text(f"{total} of {total} templates")).to_be_visible()
+        page.get_by_label("Search").fill("platform 7")  # every word must match: 7, 17, 27, 37
+        expect(page.get_by_text(f"4 of {total} templates")).to_be_visible()
+        expect(page.locator("[data-template]:visible")).to_have_count(4)
+        loaded = page.locator("[data-template=platform-7] img.logo")
+        expect(loaded).to_be_visible()
+        page.wait_for_function("document.querySelector('[data-template=platform-7] img').naturalWidth > 0")
+        expect(page.locator("[data-template=platform-7]").get_by_role("link", name="Documentation")).to_be_visible()
+        gone = page.locator("[data-template=platform-17]")
+        expect(gone.locator(".initial")).to_have_text("P")  # the broken logo fell back to the initial
+        expect(gone.locator("img")).to_have_count(0)
+        shot(page, "console-gallery-search")
+        page.get_by_label("Search").fill("no such platform anywhere")
+        expect(page.get_by_text("No template matches")).to_be_visible()
+        page.get_by_label("Search").fill("")
+        page.get_by_label("Category").select_option("the-things-stack")
+        expect(page.get_by_text(f"40 of {total} templates")).to_be_visible()
+        page.get_by_label("Search").fill("platform 27")
+        page.get_by_role("link", name="Use Platform 27").click()
+        expect(page.get_by_role("heading", name="Platform 27")).to_be_visible()
+        page.close()
+    finally:
+        orch.stop()

@@ -6,19 +6,57 @@ import { chart, flash, h, render, stateBadge, when } from "./ui.js";
 
 export async function galleryPage(appId) {
   const templates = await api("GET", "/templates");
+  const categories = [...new Set(templates.map((template) => template.category))].sort();
+  const search = h("input", { type: "search", id: "template-search", placeholder: "Name, platform or description", autocomplete: "off" });
+  const category = h("select", { id: "template-category" },
+    h("option", { value: "" }, "All categories"), categories.map((name) => h("option", { value: name }, name)));
+  const count = h("p", { class: "muted", role: "status", id: "template-count" });
+  const tiles = templates.map((template) => [template, templateTile(appId, template)]);
+  const grid = h("div", { class: "grid" }, tiles.map(([, tile]) => tile));
+  const none = h("p", { class: "muted", hidden: true }, "No template matches. Try another word, or clear the search.");
+  function filter() {
+    const words = search.value.toLowerCase().split(/\s+/).filter(Boolean);
+    let shown = 0;
+    for (const [template, tile] of tiles) {
+      const text = `${template.name} ${template.id} ${template.description} ${template.category}`.toLowerCase();
+      const match = words.every((word) => text.includes(word)) && (!category.value || template.category === category.value);
+      tile.hidden = !match;
+      shown += match ? 1 : 0;
+    }
+    count.textContent = `${shown} of ${templates.length} templates`;
+    none.hidden = shown > 0;
+  }
+  search.addEventListener("input", filter);
+  category.addEventListener("change", filter);
   render(
     h("p", {}, h("a", { href: `#/apps/${appId}` }, `← ${appId}`)),
     h("h1", {}, "Add an integration"),
-    h("div", { class: "grid" }, templates.map((template) => h("article", { class: "card tile", "data-template": template.id },
-      h("div", { class: "row" },
-        template.logo ? h("img", { src: template.logo, alt: "" }) : null,
-        h("h2", {}, template.name)),
-      h("p", {}, template.description),
-      h("div", { class: "row" },
-        h("a", { class: "button", href: `#/apps/${appId}/add/${template.id}`, "aria-label": `Use ${template.name}` }, "Use"),
-        template.documentation_url
-          ? h("a", { href: template.documentation_url, target: "_blank", rel: "noopener" }, "Documentation") : null)))),
+    h("div", { class: "row filters" },
+      h("label", { for: "template-search" }, "Search"), search,
+      h("label", { for: "template-category" }, "Category"), category),
+    count, none, grid,
   );
+  filter();
+  search.focus();
+}
+
+// A template's logo, or its initial when it has none or the picture does not load (a URL may be gone).
+function logo(template) {
+  const initial = h("span", { class: "logo initial", "aria-hidden": "true" }, (template.name || "?").slice(0, 1).toUpperCase());
+  if (!template.logo) return initial;
+  const picture = h("img", { class: "logo", src: template.logo, alt: "", loading: "lazy", referrerpolicy: "no-referrer" });
+  picture.addEventListener("error", () => picture.replaceWith(initial));
+  return picture;
+}
+
+function templateTile(appId, template) {
+  return h("article", { class: "card tile", "data-template": template.id },
+    h("div", { class: "row" }, logo(template), h("h2", {}, template.name)),
+    h("p", {}, template.description),
+    h("div", { class: "row" },
+      h("a", { class: "button", href: `#/apps/${appId}/add/${template.id}`, "aria-label": `Use ${template.name}` }, "Use"),
+      template.documentation_url
+        ? h("a", { href: template.documentation_url, target: "_blank", rel: "noopener" }, "Documentation") : null));
 }
 
 // One input per template field: masked secrets, defaults filled, help text, a slot for its error.
