@@ -14,10 +14,11 @@ COPY images/sdk /src/images/sdk
 COPY images/webhook /src/images/webhook
 COPY images/google-pubsub /src/images/google-pubsub
 COPY images/azure-iot-hub /src/images/azure-iot-hub
+COPY images/mqtt-bridge /src/images/mqtt-bridge
 COPY pyproject.toml README.md /src/
 COPY orchestrator /src/orchestrator
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check /src/images/sdk /src/images/webhook \
-      /src/images/google-pubsub /src/images/azure-iot-hub /src \
+      /src/images/google-pubsub /src/images/azure-iot-hub /src/images/mqtt-bridge /src \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools 2>/dev/null; rm -rf /opt/venv/lib/python3*/site-packages/pkg_resources
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutils >/dev/null \
  && find /opt/venv -name "*.so" -exec strip --strip-unneeded {} +

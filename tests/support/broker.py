@@ -114,3 +114,30 @@ class ExternalBroker:
         assert self.process is None or not pid_alive(self.process.pid)
         if self.directory.parent == Path(tempfile.gettempdir()):
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class UserBroker(ExternalBroker):
+    """A user's own Mosquitto, as the MQTT bridge meets it: TLS only (a CA of its own), a password file."""
+
+    def __init__(self, directory: Path, binary: str, username: str = "bridge", password: str = "bridge-pw") -> None:
+        if os.geteuid() == 0:  # as above: the broker runs as its own user
+            directory = Path(tempfile.mkdtemp(prefix="user-broker-"))
+        self.directory, self.binary = directory, binary
+        self.plain_port = self.wss_port = 0
+        self.tls_port = free_port()
+        self.username, self.password = username, password
+        self.process = None
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca, cert, key = make_certificates(directory)
+        passwords = directory / "passwords"
+        subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), username, password], check=True)
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.tls_port} 127.0.0.1\ncertfile {cert}\nkeyfile {key}\n"
+            f"allow_anonymous false\npassword_file {passwords}\npersistence false\n"
+            f"log_dest file {directory / 'mosquitto.log'}\n"
+        )
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("mosquitto")
+            for path in [directory, *directory.iterdir()]:
+                os.chown(path, user.pw_uid, user.pw_gid)

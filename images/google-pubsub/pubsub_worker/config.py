@@ -8,7 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from worker_sdk import ImageSettings
-from worker_sdk.topics import SUBSCRIBABLE_EVENTS
+from worker_sdk.topics import selected_events
 
 DEFAULT_EVENTS = "uplink,downlink.queued,downlink.sent,downlink.failed,device.create,device.update,device.delete"
 
@@ -49,13 +49,10 @@ class PubSubSettings(ImageSettings):
     @field_validator("events")
     @classmethod
     def _check_events(cls, value: str) -> str:
-        names = [name.strip() for name in value.split(",") if name.strip()]
-        unknown = [name for name in names if name not in SUBSCRIBABLE_EVENTS]
-        if unknown or not names:
-            raise ValueError(f"unknown events {unknown}; choose from {', '.join(SUBSCRIBABLE_EVENTS)}")
+        selected_events(value)
         return value
 
     @property
     def event_names(self) -> tuple[str, ...]:
         """The events this integration publishes."""
-        return tuple(name.strip() for name in self.events.split(",") if name.strip())
+        return selected_events(self.events)

@@ -106,6 +106,7 @@ class MqttConnection:
         receive_maximum: int = 64,
         will: tuple[str, bytes, bool] | None = None,
         ca_file: str | None = None,
+        ca_data: str | None = None,
         keepalive: int = 30,
         resend_after_reconnect: bool = True,
         acknowledge: bool = True,
@@ -142,7 +143,7 @@ class MqttConnection:
         self._connected = asyncio.Event()
         self._ssl_context: ssl.SSLContext | bool = False
         if self.tls:
-            self._ssl_context = ssl.create_default_context(cafile=ca_file)
+            self._ssl_context = ssl.create_default_context(cafile=ca_file, cadata=ca_data or None)
         will_message = Message(will[0], will[1], qos=1, retain=will[2]) if will else None
         self._client = Client(
             client_id,

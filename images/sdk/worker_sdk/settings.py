@@ -11,6 +11,14 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 from pydantic_settings.sources.utils import parse_env_vars
 
 
+def check_mqtt_url(value: str) -> str:
+    """The URL of an MQTT broker, or ValueError saying what one looks like."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
+    return value
+
+
 class HandlerSettings(BaseSettings):
     """How to reach the handler: set by the orchestrator for every worker (`HANDLER_*`)."""
 
@@ -33,10 +41,7 @@ class HandlerSettings(BaseSettings):
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
-        return value
+        return check_mqtt_url(value)
 
     @property
     def broker_username(self) -> str:

@@ -54,6 +54,15 @@ SUBSCRIBABLE_EVENTS = (
 )
 
 
+def selected_events(value: str) -> tuple[str, ...]:
+    """The events a comma-separated setting names; ValueError names those no integration can select."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in SUBSCRIBABLE_EVENTS]
+    if unknown or not names:
+        raise ValueError(f"unknown events {unknown}; choose from {', '.join(SUBSCRIBABLE_EVENTS)}")
+    return names
+
+
 def device_topic(app_id: str, device_id: str, suffix: str) -> str:
     """Topic of one device message, for example `v3/app/devices/dev/up`."""
     return f"{PREFIX}/{app_id}/devices/{device_id}/{suffix}"

@@ -8,7 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from worker_sdk import ImageSettings
-from worker_sdk.topics import SUBSCRIBABLE_EVENTS
+from worker_sdk.topics import selected_events
 
 BodyFormat = Literal["message", "json", "form", "raw", "none"]
 
@@ -59,15 +59,13 @@ class WebhookSettings(ImageSettings):
     @field_validator("events")
     @classmethod
     def _check_events(cls, value: str) -> str:
-        unknown = [name for name in split_names(value) if name not in SUBSCRIBABLE_EVENTS]
-        if unknown or not split_names(value):
-            raise ValueError(f"unknown events {unknown}; choose from {', '.join(SUBSCRIBABLE_EVENTS)}")
+        selected_events(value)
         return value
 
     @property
     def event_names(self) -> tuple[str, ...]:
         """The events this webhook sends."""
-        return tuple(split_names(self.events))
+        return selected_events(self.events)
 
 
 def split_names(value: str) -> list[str]:

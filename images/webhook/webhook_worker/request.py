@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from worker_sdk import Event
 from worker_sdk.messages import Downlink, describe_errors
 from worker_sdk.outbound import OutboundPolicy
-from worker_sdk.topics import SUBSCRIBABLE_EVENTS
+from worker_sdk.topics import selected_events
 
 from .config import WebhookSettings, split_names
 from .render import (
@@ -88,11 +88,11 @@ class RequestBuilder:
             name: url_template(t.source, f"WEBHOOK_PATHS.{name}")
             for name, t in _template_map(settings.paths, "WEBHOOK_PATHS").items()
         }
-        unknown = [name for name in self.paths if name not in SUBSCRIBABLE_EVENTS]
-        if unknown:
-            raise TemplateError(
-                f"WEBHOOK_PATHS: unknown events {unknown}; choose from {', '.join(SUBSCRIBABLE_EVENTS)}"
-            )
+        if self.paths:
+            try:
+                selected_events(",".join(self.paths))
+            except ValueError as err:
+                raise TemplateError(f"WEBHOOK_PATHS: {err}") from None
         self.field_mask = [mask_path(item) for item in split_names(settings.field_mask)]
         self.body_json: JsonTemplate | None = None
         self.body_raw: Template | None = None
