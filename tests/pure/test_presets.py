@@ -45,7 +45,7 @@ def test_influxdb_v2_line_protocol_write(monkeypatch: pytest.MonkeyPatch) -> Non
     assert request.headers["Authorization"] == "Token tok=="
     assert request.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert request.body == (
-        b'uplink,application_id=farm,device_id=tank-7 field1=3.5,level=80,state="full",ok=True 1767323045500000000'
+        b'uplink,application_id=farm,device_id=tank-7 field1=3.5,level=80,state="full",ok=true 1767323045500000000'
     )
 
 

@@ -186,3 +186,29 @@ def test_retry_after_header() -> None:
 
 def test_json_template_without_tags_is_returned_as_is() -> None:
     assert JsonTemplate({"a": [1, {"b": None}]}, "X").render({}) == {"a": [1, {"b": None}]}
+
+
+def test_values_render_as_javascript_prints_them() -> None:
+    # An InfluxDB line with a null field used to become x=None, which the target refuses (400): the uplink was lost.
+    values = {"flag": True, "off": False, "none": None, "levels": [1, 2.5, None], "obj": {"a": 1}, "whole": 21.0}
+    event = Event("uplink", "t", "app-1", "dev-1", {**UPLINK, "uplink_message": {"decoded_payload": values}})
+    context = build_context(event, "hook")
+    source = (
+        "{{#decoded_payload}}f={{flag}},o={{off}},n={{none}},l={{levels}},j={{obj}},w={{whole}}{{/decoded_payload}}"
+    )
+    config = WebhookSettings(url="https://example.com/q?{{decoded_payload.flag}}", body_format="raw", body=source)
+    request = RequestBuilder(config).build(event, context, b"")
+    assert request.body == b"f=true,o=false,n=,l=1,2.5,,j={&quot;a&quot;:1},w=21"  # raw bodies HTML-escape {{x}}
+    assert request.url == "https://example.com/q?true"
+    typed = RequestBuilder(
+        WebhookSettings(url="https://example.com", body_format="json", body='{"t": "{{decoded_payload.whole}} C"}')
+    ).build(event, context, b"")
+    assert json.loads(typed.body or b"") == {"t": "21 C"}
+    form = RequestBuilder(
+        WebhookSettings(
+            url="https://example.com",
+            body_format="form",
+            body='{"w": "{{decoded_payload.whole}}", "f": "{{decoded_payload.flag}}"}',
+        )
+    ).build(event, context, b"")
+    assert parse_qs(form.body.decode() if form.body else "") == {"w": ["21"], "f": ["true"]}

@@ -119,6 +119,46 @@ def build_context(event: Event, integration_id: str) -> dict[str, Any]:
     return _indexable(context)
 
 
+def js_text(value: Any) -> str:
+    """A value as JavaScript renderers (Particle's, Handlebars) print it: true/false, null as nothing, 21.0 as
+    21, arrays joined with commas; objects, which JavaScript would print as [object Object], as JSON."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _js_number(value)
+    if isinstance(value, list | tuple):
+        return ",".join(js_text(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+def _js_number(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    text = repr(value)
+    if "e" in text:  # 1e-07 -> 1e-7, 1e+21 as JavaScript writes exponents
+        mantissa, exponent = text.split("e")
+        power = int(exponent)
+        return f"{mantissa}e{'+' if power > 0 else '-'}{abs(power)}"
+    return text
+
+
+class _JsRenderer(pystache.Renderer):
+    """pystache, printing values as JavaScript does (see js_text)."""
+
+    def str_coerce(self, val: Any) -> str:
+        return js_text(val)
+
+
 def _no_escape(text: str) -> str:
     return text
 
@@ -133,7 +173,7 @@ class Template:
     def __init__(self, source: str, where: str, escape: Callable[[str], str] = _no_escape) -> None:
         self.source = source
         self.constant = "{{" not in source
-        self._renderer = pystache.Renderer(escape=escape, missing_tags="ignore")
+        self._renderer = _JsRenderer(escape=escape, missing_tags="ignore")
         self._parsed: Any = None
         if not self.constant:
             unclosed = UNCLOSED_TAG.search(source)

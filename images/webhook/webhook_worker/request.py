@@ -21,6 +21,7 @@ from .render import (
     Template,
     TemplateError,
     html_template,
+    js_text,
     parse_json_setting,
     url_template,
 )
@@ -208,9 +209,10 @@ _MISSING = object()
 
 
 def _form_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value)
+    """A form field: objects and arrays as JSON, anything else as JavaScript prints it (null: empty)."""
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return js_text(value)
 
 
 def response_downlinks(rendered: str, f_port: int, confirmed: bool) -> tuple[list[dict[str, Any]], list[str]]:
