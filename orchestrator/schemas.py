@@ -270,3 +270,11 @@ class DeadLetterSelection(Strict):
 
 class DeadLetterOutcome(BaseModel):
     count: int = Field(description="How many were sent again, or deleted")
+
+
+class StreamToken(BaseModel):
+    """A short-lived token that opens one application's event stream (for a browser's EventSource)."""
+
+    token: str
+    expires_at: datetime
+    url: str = Field(description="The stream's path with the token in its query")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..services import Principal, Services
@@ -36,3 +36,20 @@ async def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_stream_reader(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    stream_token: Annotated[
+        str | None, Query(description="A stream token (POST …/events/tokens), for clients that cannot send a header")
+    ] = None,
+) -> Principal:
+    """Who reads the event stream: a bearer token as everywhere, or a short-lived stream token in the query (a
+    browser's EventSource cannot send headers; the admin token and keys never go in a URL)."""
+    if credentials is None and stream_token:
+        return services.keys.authenticate_stream(stream_token)
+    return services.keys.authenticate(credentials.credentials if credentials else None)
+
+
+StreamReaderDep = Annotated[Principal, Depends(get_stream_reader)]

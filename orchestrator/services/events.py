@@ -31,6 +31,10 @@ class EventService:
         self.bus = bus
         self.settings = settings
 
+    async def require_application(self, app_id: str) -> None:
+        """NotFoundError naming the application unless it exists."""
+        await self.db.read(application_store.get_application, app_id)
+
     async def stream(
         self, app_id: str, *, after: int | None, replay: bool, prefixes: tuple[str, ...]
     ) -> AsyncIterator[LoggedEvent | StreamGap]:
@@ -38,7 +42,7 @@ class EventService:
 
         NotFoundError for an unknown application is raised before the first event.
         """
-        await self.db.read(application_store.get_application, app_id)
+        await self.require_application(app_id)
         return self._follow(app_id, after, replay, EventQuery(prefixes=prefixes, limit=CATCH_UP_PAGE))
 
     async def _follow(

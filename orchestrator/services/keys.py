@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from ..store import keys as store
 
 log = logging.getLogger(__name__)
 KEYS_TOPIC = "orchestrator/changed/keys"  # between instances on one database
+STREAM_TOKEN_PREFIX = "st."
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,34 @@ class KeyService:
         if cached is None or not key_rules.matches(token, cached.secret_hash):
             raise AuthenticationError("the token is neither the admin token nor a valid application key")
         return Principal(False, cached.application_id, cached.scopes, cached.key_id)
+
+    def stream_token(self, who: Principal, app_id: str, ttl_seconds: int) -> tuple[str, float]:
+        """A token that opens this application's event stream only (EventSource cannot send a header), for
+        `ttl_seconds`; sealed with the secret key, so any instance takes it. Returns it and its expiry."""
+        who.require(app_id, "messages:read")
+        expires = time.time() + ttl_seconds
+        payload = {"kind": "stream", "app": app_id, "key": None if who.admin else who.key_id, "exp": expires}
+        return STREAM_TOKEN_PREFIX + self.box.seal(payload), expires
+
+    def authenticate_stream(self, token: str) -> Principal:
+        """The reader behind a stream token: only `messages:read`, only its application, only until it expires,
+        and only while the key that asked for it is not revoked."""
+        try:
+            payload = (
+                self.box.open(token.removeprefix(STREAM_TOKEN_PREFIX))
+                if token.startswith(STREAM_TOKEN_PREFIX)
+                else None
+            )
+        except OrchestratorError:
+            payload = None
+        if not isinstance(payload, dict) or payload.get("kind") != "stream":
+            raise AuthenticationError("the stream token is not valid")
+        if float(payload.get("exp", 0)) < time.time():
+            raise AuthenticationError("the stream token expired: ask for a new one (POST …/events/tokens)")
+        key_id = payload.get("key")
+        if key_id is not None and key_id not in self._cache:
+            raise AuthenticationError("the key that asked for this stream token was revoked")
+        return Principal(False, str(payload["app"]), frozenset({"messages:read"}), key_id or "stream-token")
 
     async def create(self, app_id: str, data: KeyCreate) -> KeyCreated:
         """Create a key; the answer is the only place the key itself appears."""

@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -293,3 +294,44 @@ def test_the_gallery_stays_easy_to_use_with_many_templates(
         page.close()
     finally:
         orch.stop()
+
+
+def test_a_browsers_event_source_reads_the_stream_with_a_stream_token(
+    browser: Browser, orchestrator: RunningOrchestrator
+) -> None:
+    orchestrator.create_application("live")
+    orchestrator.create_application("other")
+    orchestrator.create_device("live", "meter-1")
+    reader = orchestrator.create_key("live", "messages:read")
+    reader_id = ".".join(reader.split(".")[:2])
+    made = httpx.post(
+        f"{orchestrator.url}/api/v1/applications/live/events/tokens?ttl_seconds=300",
+        headers={"Authorization": f"Bearer {reader}"},
+    )
+    assert made.status_code == 201
+    stream_url = made.json()["url"]
+    assert reader not in stream_url and made.json()["token"].startswith("st.")
+
+    # A plain web page on another origin would do the same; EventSource cannot send an Authorization header.
+    page = browser.new_page()
+    page.goto(orchestrator.url + "/")
+    page.evaluate(
+        """url => { window.got = []; const source = new EventSource(url);
+                   source.addEventListener("uplink", event => window.got.push(JSON.parse(event.data))); }""",
+        stream_url + "&prefix=uplink",
+    )
+    page.wait_for_timeout(500)  # the stream is open before the uplink is sent
+    orchestrator.uplink("live", "meter-1", {"f_port": 1, "decoded_payload": {"kwh": 12}})
+    page.wait_for_function("window.got.length > 0")
+    assert page.evaluate("window.got[0].uplink_message.decoded_payload") == {"kwh": 12}
+    page.close()
+
+    token = made.json()["token"]
+    elsewhere = httpx.get(f"{orchestrator.url}/api/v1/applications/other/events?stream_token={token}")
+    assert elsewhere.status_code == 403  # it opens its own application's stream only
+    devices = httpx.get(f"{orchestrator.url}/api/v1/applications/live/devices?stream_token={token}")
+    assert devices.status_code == 401  # and nothing else
+    assert httpx.get(f"{orchestrator.url}/api/v1/applications/live/events?stream_token=st.forged").status_code == 401
+    orchestrator.call("DELETE", f"/api/v1/applications/live/keys/{reader_id}", 204)
+    revoked = httpx.get(f"{orchestrator.url}/api/v1/applications/live/events?stream_token={token}")
+    assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
@@ -12,8 +12,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from ...errors import ValidationFailed
 from ...events.log import EventQuery
+from ...schemas import StreamToken
 from ...services.events import StreamGap
-from ..deps import MAX_ID, PrincipalDep, ServicesDep
+from ..deps import MAX_ID, PrincipalDep, ServicesDep, StreamReaderDep
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/events", tags=["events"])
 
@@ -36,11 +37,29 @@ def _prefixes(text: str) -> tuple[str, ...]:
     return tuple(item for item in text.split(",") if item)
 
 
+@router.post("/tokens", status_code=201, response_model=StreamToken)
+async def create_stream_token(
+    app_id: str,
+    services: ServicesDep,
+    who: PrincipalDep,
+    ttl_seconds: int = Query(600, ge=10, le=86400, description="How long it opens the stream"),
+) -> StreamToken:
+    """A short-lived token that opens this application's event stream, and nothing else, for a browser's
+    EventSource (which cannot send an Authorization header): `GET …/events?stream_token=…`."""
+    token, expires = services.keys.stream_token(who, app_id, ttl_seconds)
+    await services.events.require_application(app_id)
+    return StreamToken(
+        token=token,
+        expires_at=datetime.fromtimestamp(expires, UTC),
+        url=f"/api/v1/applications/{app_id}/events?stream_token={token}",
+    )
+
+
 @router.get("", response_class=EventSourceResponse)
 async def stream_events(
     app_id: str,
     services: ServicesDep,
-    who: PrincipalDep,
+    who: StreamReaderDep,
     prefix: str = Query(
         "",
         description="Only events whose name starts with one of these (comma-separated), "
