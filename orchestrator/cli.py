@@ -233,6 +233,7 @@ def import_tts(source: Path, output: Path) -> None:
         click.echo(f"no template files (*.yml, *.yaml) in {source}", err=True)
         sys.exit(1)
     broken = imported = 0
+    written: dict[str, str] = {}  # template id -> the file it came from
     for file in files:
         try:
             result = tts.read_file(file, webhook)
@@ -243,6 +244,12 @@ def import_tts(source: Path, output: Path) -> None:
         except tts.NotImportable as err:
             click.echo(f"{file.name}: not imported: {err}")
             continue
+        if result.template.id in written:
+            click.echo(
+                f"{file.name}: not imported: template-id {result.template.id} came from {written[result.template.id]}"
+            )
+            continue
+        written[result.template.id] = file.name
         target = output / f"{result.template.id}.yaml"
         target.write_text(tts.to_yaml(result, file.name), encoding="utf-8")
         imported += 1

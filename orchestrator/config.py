@@ -185,6 +185,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="API admin token; generated in development")
     secret_key: SecretStr | None = Field(None, description="Fernet key for secrets at rest")
     templates_dir: Path = PROJECT_ROOT / "integration_templates"
+    downlink_api_url: str | None = Field(
+        None,
+        description="The API's address as webhook platforms on the internet reach it, for the X-Downlink-Push and "
+        "X-Downlink-Replace URLs; default ORCH_PUBLIC_URL",
+    )
     tts_templates_dir: Path | None = Field(
         None,
         description="A folder of The Things Stack's webhook templates (a checkout of TheThingsNetwork/"

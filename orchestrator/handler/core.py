@@ -215,16 +215,18 @@ class Handler:
             device = await self.require_device(app_id, device_id)
             report = parse_report(kind, body, self.limits)
             content = report.content
+            requeued: list[Any] = []
             if kind in ("down/ack", "down/nack"):
-                settled = await self.db.run(
+                settled, requeued = await self.db.run(
                     downlinks.settle,
                     app_id=app_id,
                     device_id=device_id,
-                    downlink_id=content.get("id"),
+                    downlink_id=content.get("id") or _downlink_id(report.correlation_ids),
                     outcome="acked" if kind == "down/ack" else "nacked",
+                    limit=self.settings.downlink_queue_size,
                 )
                 content = settled.body
-        except downlinks.NotAwaited as err:
+        except (downlinks.NotAwaited, downlinks.QueueFull) as err:
             error = UplinkRejected(f"invalid {kind}/push: {err}", [{"field": "id", "message": str(err)}])
             await self._uplink_error(app_id, device_id, error, body, request=f"{kind}/push")
             raise error from err
@@ -244,9 +246,9 @@ class Handler:
             REPORT_FIELDS[kind]: content,
         }
         await self.emit(app_id, device_id, kind, event)
-        if kind == "down/nack":  # as The Things Stack does: the device did not get it, so it goes out again
-            retry = {key: value for key, value in content.items() if key != "correlation_ids"}
-            await self.push_downlinks(app_id, device_id, {"downlinks": [retry]})
+        for record in requeued:  # a nacked downlink goes out again, as The Things Stack does
+            self._pending.add((app_id, device_id))
+            await self.emit(app_id, device_id, "down/queued", self._lifecycle(app_id, device_id, "queued", record.body))
         return event
 
     async def _uplink_error(
@@ -478,6 +480,11 @@ def _request_correlation_ids(body: dict[str, Any]) -> list[str]:
         if isinstance(item, dict) and isinstance(item.get("correlation_ids"), list):
             found += [str(value) for value in item["correlation_ids"] if isinstance(value, str)]
     return found
+
+
+def _downlink_id(correlation_ids: list[str]) -> str | None:
+    """The downlink a TTS-shaped answer names through its `down:<id>` correlation id, if any."""
+    return next((item.removeprefix("down:") for item in correlation_ids if item.startswith("down:")), None)
 
 
 def tts_error(message: str) -> dict[str, Any]:

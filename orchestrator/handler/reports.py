@@ -32,9 +32,10 @@ class JoinAccept(BaseModel):
 
 
 class DownlinkAnswer(BaseModel):
-    """A device's ack or nack: of the downlink named by the id `down/deliver` gave, or of the last one sent."""
+    """A device's ack or nack: of the downlink named by the id `down/deliver` gave (or its `down:<id>` correlation
+    id, as in a whole TTS message), or of the last one sent. The downlink's own fields may come along."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
     id: str | None = Field(None, min_length=1, max_length=40)
 
@@ -96,7 +97,7 @@ def parse_report(kind: str, body: bytes | dict[str, Any], limits: Limits = Limit
     name = f"{kind}/push"
     if isinstance(body, bytes | bytearray) and not body.strip():
         body = {}
-    message = unwrap(check_size(body, name, limits), REPORT_FIELDS[kind])
+    message = unwrap(check_size(body, name, limits), REPORT_FIELDS[kind], name)
     fields = dict(message.fields)
     correlation_ids = fields.pop("correlation_ids", [])
     problems = []

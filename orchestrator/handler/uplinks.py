@@ -141,17 +141,46 @@ class Unwrapped:
     prefix: str  # where the fields were, for error messages: "" or "uplink_message."
 
 
-def unwrap(body: dict[str, Any], field: str) -> Unwrapped:
+# The field that carries each kind of The Things Stack message: one message carries one of them.
+MESSAGE_FIELDS = (
+    "uplink_message",
+    "uplink_normalized",
+    "join_accept",
+    "downlink_ack",
+    "downlink_nack",
+    "downlink_sent",
+    "downlink_failed",
+    "downlink_queued",
+    "downlink_queue_invalidated",
+    "location_solved",
+    "service_data",
+)
+
+
+def unwrap(body: dict[str, Any], field: str, name: str) -> Unwrapped:
     """The fields of a message given as they are, or inside a whole The Things Stack message
-    (`{"end_device_ids": ..., "correlation_ids": [...], field: {...}}`); its correlation ids join the fields'."""
-    if not isinstance(body.get(field), dict):
+    (`{"end_device_ids": ..., "correlation_ids": [...], field: {...}}`); its correlation ids join the fields'.
+    UplinkRejected when `field` or `end_device_ids` is not an object, or another kind of message comes along."""
+    problems = [
+        {"field": key, "message": "must be an object"}
+        for key in (field, "end_device_ids")
+        if key in body and not isinstance(body[key], dict)
+    ]
+    problems += [
+        {"field": key, "message": f"one kind per message, and this one is {field}"}
+        for key in MESSAGE_FIELDS
+        if key in body and key != field
+    ]
+    if problems:
+        raise rejected(name, problems)
+    if field not in body:
         return Unwrapped(body, {}, {}, "")
     fields = dict(body[field])
     if body.get("correlation_ids"):
         fields.setdefault("correlation_ids", body["correlation_ids"])
     envelope = {key: value for key, value in body.items() if key not in (*ENVELOPE_FIELDS, field)}
-    ids = body.get("end_device_ids")
-    device_ids = {key: value for key, value in ids.items() if key not in REGISTRY_IDS} if isinstance(ids, dict) else {}
+    ids = body.get("end_device_ids") or {}
+    device_ids = {key: value for key, value in ids.items() if key not in REGISTRY_IDS}
     return Unwrapped(fields, envelope, device_ids, f"{field}.")
 
 
@@ -200,7 +229,7 @@ def _typos(fields: dict[str, Any]) -> list[dict[str, str]]:
 def parse_submission(body: bytes | dict[str, Any], limits: Limits = Limits()) -> Submission:
     """Parse and check an uplink body from MQTT or HTTP (bytes) or already-parsed JSON: its own fields, or a
     whole The Things Stack uplink (`{"end_device_ids": ..., "uplink_message": {...}, ...}`)."""
-    message = unwrap(check_size(body, "uplink", limits), "uplink_message")
+    message = unwrap(check_size(body, "uplink", limits), "uplink_message", "uplink")
     problems = [{**problem, "field": message.prefix + problem["field"]} for problem in _typos(message.fields)]
     try:
         uplink = UplinkSubmission.model_validate(message.fields)

@@ -51,7 +51,8 @@ def build_spec(
     }
     secret_env = [*resolved.secret_env, "HANDLER_API_KEY"]
     if record.downlink_key_encrypted:  # the target pushes downlinks back (TTS's X-Downlink-* headers)
-        base = f"{settings.public_url or settings.api_url}/api/v3/as/applications/{record.application_id}"
+        public = settings.downlink_api_url or settings.public_url or settings.api_url
+        base = f"{public.rstrip('/')}/api/v3/as/applications/{record.application_id}"
         environment["HANDLER_DOWNLINK_API_KEY"] = box.open(record.downlink_key_encrypted)
         environment["HANDLER_DOWNLINK_URL"] = f"{base}/webhooks/{record.id}/devices/{{device_id}}/down"
         secret_env.append("HANDLER_DOWNLINK_API_KEY")

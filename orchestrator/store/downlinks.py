@@ -82,27 +82,37 @@ class NotAwaited(Exception):
     """No confirmed downlink sent to the device waits for the answer it gave; the text says which."""
 
 
-def settle(session: Session, *, app_id: str, device_id: str, downlink_id: str | None, outcome: str) -> QueuedDownlink:
-    """Record a device's answer (`acked` or `nacked`) to a confirmed downlink it was sent: the one named, or,
-    as LoRaWAN's ACK bit means, the last one sent. NotAwaited when there is none to answer."""
+def settle(
+    session: Session, *, app_id: str, device_id: str, downlink_id: str | None, outcome: str, limit: int
+) -> tuple[QueuedDownlink, list[QueuedDownlink]]:
+    """Record a device's answer (`acked` or `nacked`) to a confirmed downlink it was sent: the one named, or, as
+    LoRaWAN's ACK bit means, the last one sent; a nacked one is queued again in the same transaction. Returns it
+    and what was queued again. The same answer twice (a retry, a message delivered twice) changes nothing.
+    NotAwaited when there is nothing to answer."""
     statement = (
         select(QueuedDownlink)
         .where(
             QueuedDownlink.application_id == app_id,
             QueuedDownlink.device_id == device_id,
-            QueuedDownlink.state == "sent",
+            QueuedDownlink.state.in_(("sent", "acked", "nacked")),
         )
         .order_by(QueuedDownlink.sent_at.desc())
     )
     if downlink_id is not None:
         statement = statement.where(QueuedDownlink.id == downlink_id)
-    candidates = [item for item in session.scalars(statement) if item.body.get("confirmed")]
-    if not candidates:
+    item = next((item for item in session.scalars(statement) if item.body.get("confirmed")), None)
+    if item is None:
         named = f"downlink {downlink_id}" if downlink_id else "a confirmed downlink"
         raise NotAwaited(f"no {named} was sent to {device_id} and waits for an answer")
-    item = candidates[0]
+    if item.state == outcome:
+        return item, []
+    if item.state != "sent":
+        raise NotAwaited(f"downlink {item.id} was {item.state} already")
     item.state = outcome
-    return item
+    if outcome != "nacked":
+        return item, []
+    again = {key: value for key, value in item.body.items() if key != "correlation_ids"}
+    return item, enqueue(session, app_id=app_id, device_id=device_id, downlinks=[again], replace=False, limit=limit)
 
 
 def expire(session: Session, *, ttl_seconds: int) -> list[QueuedDownlink]:

@@ -6,7 +6,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from .. import keys
-from ..db.models import ApiKey
+from ..db.models import ApiKey, Integration
 from ..errors import ConflictError, NotFoundError
 from ..secretbox import SecretBox
 from .applications import get_application
@@ -59,6 +59,9 @@ def delete_key(session: Session, *, app_id: str, key_id: str) -> None:
         raise NotFoundError("key", key_id)
     if record.integration_id:
         raise ConflictError(f"key {key_id} belongs to integration {record.integration_id}; delete that instead")
+    owner = session.scalar(select(Integration.id).where(Integration.downlink_key_id == key_id))
+    if owner is not None:
+        raise ConflictError(f"key {key_id} is the downlink key of integration {owner}; delete that instead")
     session.delete(record)
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from ..errors import NotFoundError, TemplateFileError
 from .models import PLACEHOLDER, IntegrationTemplate
 from .tts import BrokenTemplate, NotImportable, read_file, template_files
-from .values import FieldProblem, coerce, load_check, uri_variables
+from .values import FieldProblem, coerce, load_check, uri_parts, uri_variables
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,9 @@ def _referenced(template: IntegrationTemplate, field_id: str) -> bool:
 
 
 def _balanced(source: str) -> bool:
-    """True when every `{` of an RFC 6570 template closes before the next one opens."""
+    """True when every `{` of an RFC 6570 template closes before the next one opens (webhook tags aside)."""
     depth = 0
-    for char in source:
+    for char in "".join(part for part, is_tag in uri_parts(source) if not is_tag):
         if char in "{}":
             depth += 1 if char == "{" else -1
             if depth not in (0, 1):
@@ -237,7 +237,12 @@ class TemplateRegistry:
                 log.info("The Things Stack's template %s is not offered: %s", path.name, err)
                 continue
             if imported.template.id in templates:
-                log.warning("The Things Stack's template %s is not offered: ours has its id", path.name)
+                log.warning(
+                    "The Things Stack's template %s is not offered: template %s is there already (ours, "
+                    "or an earlier file's)",
+                    path.name,
+                    imported.template.id,
+                )
                 continue
             templates[imported.template.id] = imported.template
             count += 1
@@ -257,6 +262,8 @@ class TemplateRegistry:
     def logo_path(self, template_id: str) -> Path | None:
         """The local logo file of a template, if it has one."""
         template = self.get(template_id)
-        if template.logo and not template.logo.startswith(("http://", "https://")):
-            return self.directory / template.logo
-        return None
+        if not template.logo or template.logo.startswith(("http://", "https://")):
+            return None
+        folder = self.directory.resolve()
+        path = (folder / template.logo).resolve()
+        return path if path.is_relative_to(folder) else None  # never a file outside the templates folder

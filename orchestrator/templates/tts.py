@@ -100,7 +100,7 @@ def _fields(data: dict[str, Any]) -> tuple[list[TemplateField], dict[str, str]]:
         if not re.fullmatch(FIELD_ID_PATTERN, ours):
             raise NotImportable(f"field id {item['id']!r} cannot be a field id here (letters, digits, - and _)")
         if ours in ids.values():
-            raise BrokenTemplate(f"fields[{index}]: duplicate field id {item['id']!r}")
+            raise NotImportable(f"fields[{index}]: field id {item['id']!r} is {ours!r} here, as another field's is")
         ids[str(item["id"])] = ours
         secret = bool(item.get("secret", False))
         default = item.get("default-value")
@@ -118,11 +118,26 @@ def _fields(data: dict[str, Any]) -> tuple[list[TemplateField], dict[str, str]]:
     return fields, ids
 
 
+# Variables The Things Stack fills in paths per message, and the webhook's own tags for them.
+MESSAGE_VARIABLES = {
+    "appID": "application_id",
+    "devID": "device_id",
+    "devEUI": "dev_eui",
+    "joinEUI": "join_eui",
+    "devAddr": "dev_addr",
+}
+
+
 def _uri(source: str, ids: dict[str, str], where: str) -> str:
-    """An RFC 6570 template with The Things Stack's field ids renamed to ours."""
+    """An RFC 6570 template with The Things Stack's field ids renamed to ours, and its per-message variables
+    (`{devID}`, ...) turned into webhook tags, rendered (percent-encoded) for each message."""
 
     def rename(match: re.Match[str]) -> str:
         operator, names = match.group(1), match.group(2)
+        if names in MESSAGE_VARIABLES:
+            if operator not in ("", "/"):
+                raise NotImportable(f"{where}: {{{operator}{names}}} (only {{{names}}} and {{/{names}}} are supported)")
+            return operator + "{{" + MESSAGE_VARIABLES[names] + "}}"
         renamed = []
         for spec in names.split(","):
             name, modifier = re.match(r"^([^:*]*)(.*)$", spec.strip()).groups()  # type: ignore[union-attr]
@@ -155,6 +170,12 @@ def _headers(data: dict[str, Any], ids: dict[str, str], secret_ids: set[str]) ->
         text = HEADER_FIELD.sub(replace, str(value))
         (secret if used & secret_ids else plain)[str(name)] = text
     return plain, secret
+
+
+def _logo(data: dict[str, Any]) -> str | None:
+    """The logo's URL: only an http(s) one (a path would name a file on the orchestrator's machine)."""
+    url = _text(data, "logo-url")
+    return url if url and url.lower().startswith(("http://", "https://")) else None
 
 
 def convert(data: Any, webhook: IntegrationTemplate | None = None) -> Imported:
@@ -213,7 +234,7 @@ def convert(data: Any, webhook: IntegrationTemplate | None = None) -> Imported:
             id=template_id,
             name=(_text(data, "name") or template_id)[:80],
             description=f"{description} (a template of The Things Stack's)",
-            logo=_text(data, "logo-url"),
+            logo=_logo(data),
             documentation_url=documentation,
             version="1.0.0",
             category="the-things-stack",

@@ -172,17 +172,36 @@ def field_of(template: IntegrationTemplate, variable: str) -> str | None:
     return used[0] if used else None
 
 
+# A webhook template tag inside an RFC 6570 template (`/{{device_id}}/up`): rendered per message, not expanded.
+MUSTACHE_TAG = re.compile(r"(\{\{\{?[^{}]*\}?\}\})")
+
+
+def uri_parts(source: str) -> list[tuple[str, bool]]:
+    """An RFC 6570 template cut into (text, is a webhook tag) parts."""
+    return [(part, index % 2 == 1) for index, part in enumerate(MUSTACHE_TAG.split(source)) if part]
+
+
 def uri_variables(value: str | dict[str, str]) -> list[str]:
     """The field ids an RFC 6570 template (or an object of them) expands."""
     sources = value.values() if isinstance(value, dict) else [value]
-    return [name for source in sources for name in URITemplate(source).variable_names]
+    return [
+        name
+        for source in sources
+        for part, is_tag in uri_parts(source)
+        if not is_tag
+        for name in URITemplate(part).variable_names
+    ]
+
+
+def _expand_one(source: str, variables: dict[str, Any]) -> str:
+    return "".join(part if is_tag else str(URITemplate(part).expand(variables)) for part, is_tag in uri_parts(source))
 
 
 def _expand(value: str | dict[str, str], values: dict[str, Any]) -> str:
     variables: dict[str, Any] = {k: as_text(v) for k, v in values.items() if v is not None and v != ""}
     if isinstance(value, dict):
-        return as_text({key: URITemplate(source).expand(variables) for key, source in value.items()})
-    return str(URITemplate(value).expand(variables))
+        return as_text({key: _expand_one(source, variables) for key, source in value.items()})
+    return _expand_one(value, variables)
 
 
 def _substitute(value: Any, values: dict[str, Any], used: set[str]) -> Any:

@@ -131,7 +131,9 @@ def test_joins_acks_nacks_service_data_and_locations_appear_as_the_things_stack_
     confirmed = {"f_port": 15, "frm_payload": "vu8=", "confirmed": True, "priority": "NORMAL"}
     orchestrator.call("POST", downlinks, 201, json={"downlinks": [confirmed]})
     sent = orchestrator.uplink(APP, DEVICE, {"f_port": 1})["downlink"]
-    device.publish(f"{topic}/down/ack/push", {"id": sent["id"]})
+    # As The Things Stack writes it: the whole downlink_ack, naming the downlink by its down:<id> correlation id.
+    tts_ack = {"downlink_ack": {**confirmed, "correlation_ids": [f"down:{sent['id']}"]}}
+    device.publish(f"{topic}/down/ack/push", tts_ack)
     ack = device.collect(1, topic_suffix="/down/ack")[0][1]
     assert {key: ack["downlink_ack"][key] for key in confirmed} == confirmed
     assert f"down:{sent['id']}" in ack["downlink_ack"]["correlation_ids"]
@@ -143,9 +145,13 @@ def test_joins_acks_nacks_service_data_and_locations_appear_as_the_things_stack_
     nack = orchestrator.call("POST", f"{reports}/downlink-nack", 201, content=b"").json()
     assert nack["downlink_nack"]["frm_payload"] == "AQ=="
     assert device.collect(1, topic_suffix="/down/nack")[0][1] == nack
+    # The same answer again (a retry, a message delivered twice) changes nothing: queued again once only.
+    again = orchestrator.call("POST", f"{reports}/downlink-nack", 201, content=b"").json()
+    assert again["downlink_nack"] == nack["downlink_nack"]
     queue = orchestrator.call("GET", downlinks, 200).json()["downlinks"]
     assert [item["frm_payload"] for item in queue] == ["AQ=="]
-    refused = orchestrator.call("POST", f"{reports}/downlink-ack", 422, json={"id": sent["id"]}).json()
+    assert orchestrator.call("POST", f"{reports}/downlink-ack", 201, json={"id": sent["id"]}).json()["downlink_ack"]
+    refused = orchestrator.call("POST", f"{reports}/downlink-ack", 422, json={"id": "no-such-downlink"}).json()
     assert "waits for an answer" in refused["errors"][0]["message"]
 
     device.publish(f"{topic}/service/data/push", {"service_data": {"service": "lora-cloud", "data": {"battery": 97}}})

@@ -109,6 +109,9 @@ def test_a_tts_template_imports_validates_and_delivers_what_tts_would(
         assert httpx.post(wrong_hook, json=downlink, headers=bearer).status_code == 404
         reading = httpx.get(f"{orch.url}/api/v1/applications/{APP}/devices", headers=bearer)
         assert reading.status_code == 403  # the downlink key can push downlinks, nothing else
+        key_id = created["downlink_key_id"]
+        kept = orch.call("DELETE", f"/api/v1/applications/{APP}/keys/{key_id}", 409).json()
+        assert "downlink key of integration acme" in kept["detail"]  # it goes with its integration
         orch.call("DELETE", f"/api/v1/applications/{APP}/integrations/acme", 204)
         assert httpx.post(push_url, json=downlink, headers=bearer).status_code == 401  # revoked with it
     finally:

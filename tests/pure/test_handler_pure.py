@@ -105,7 +105,13 @@ def test_tts_shaped_uplink_keeps_every_field_but_the_registrys_ids() -> None:
     [
         ("join", b"[]", "join/push must be a JSON object"),
         ("down/ack", b'{"id": 7}', "id: Input should be a valid string"),
-        ("down/ack", b'{"downlink": "x"}', "downlink: Extra inputs are not permitted"),
+        ("down/ack", b'{"id": ""}', "id: String should have at least 1 character"),
+        ("join", b'{"join_accept": "x"}', "join_accept: must be an object"),
+        (
+            "join",
+            b'{"join_accept": {}, "uplink_message": {}}',
+            "uplink_message: one kind per message, and this one is join_accept",
+        ),
         ("service/data", b'{"service": "x"}', "data: Field required"),
         (
             "location/solved",
@@ -135,6 +141,12 @@ def test_reports_take_their_own_fields_or_a_whole_tts_message() -> None:
         (b'{"fport": 1}', "fport: unknown field; did you mean f_port"),
         (b'{"uplink_message": {"f_cnt": -1}}', "uplink_message.f_cnt: Input should be greater than or equal to 0"),
         (b'{"received_at": "noon"}', "received_at: must be an RFC 3339 time"),
+        (b'{"uplink_message": "x"}', "uplink_message: must be an object"),
+        (b'{"uplink_message": {}, "end_device_ids": "x"}', "end_device_ids: must be an object"),
+        (
+            b'{"uplink_message": {}, "downlink_ack": {}}',
+            "downlink_ack: one kind per message, and this one is uplink_message",
+        ),
         (b'{"f_port": 999}', "f_port: Input should be less than or equal to 255"),
     ],
 )

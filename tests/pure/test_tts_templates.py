@@ -13,6 +13,7 @@ import yaml
 from orchestrator.templates import load_template, tts
 from orchestrator.templates.values import check_values
 from webhook_worker.config import WebhookSettings
+from webhook_worker.render import build_context
 from webhook_worker.request import RequestBuilder
 from worker_sdk import Event
 
@@ -132,3 +133,32 @@ def test_the_webhook_posts_each_message_type_to_its_path_with_the_field_mask() -
     request = builder.build(Event("join.accept", "t", "app-1", "dev-1", join), {}, b"")
     assert request.url == "https://www.example.com/eu/join"
     assert json.loads(request.body or b"") == {"end_device_ids": ids}
+
+
+def test_per_message_variables_in_paths_are_filled_for_each_message_and_joined_as_tts_joins() -> None:
+    template = {
+        "template-id": "per-device",
+        "name": "Per device",
+        "fields": [{"id": "key", "name": "Key", "secret": True}],
+        "base-url": "https://api.example.com/v1/?token={key}",
+        "paths": {"uplink-message": "/devices/{devID}{/devEUI}/up"},
+        "logo-url": "../../.orchestrator/admin.token",  # a path would name a file on the orchestrator's machine
+    }
+    imported = tts.convert(template).template
+    assert imported.logo is None
+    resolved, problems = check_values(imported, {"key": "k 1"})
+    assert problems == []
+    assert resolved.environment["WEBHOOK_URL"] == "https://api.example.com/v1/?token=k%201"
+    paths = json.loads(resolved.environment["WEBHOOK_PATHS"])
+    assert paths == {"uplink": "/devices/{{device_id}}/{{dev_eui}}/up"}
+    settings = WebhookSettings(url=resolved.environment["WEBHOOK_URL"], paths=json.dumps(paths))
+    ids = {"device_id": "dev 1", "application_ids": {"application_id": "app-1"}, "dev_eui": "0004A30B001C0530"}
+    event = Event("uplink", "t", "app-1", "dev 1", {"end_device_ids": ids})
+    request = RequestBuilder(settings).build(event, build_context(event, "hook"), b"")
+    assert request.url == "https://api.example.com/v1/devices/dev%201/0004A30B001C0530/up?token=k%201"
+
+
+def test_two_fields_that_become_one_id_are_not_imported() -> None:
+    fields = [{"id": "api-key", "name": "A"}, {"id": "api_key", "name": "B"}]
+    with pytest.raises(tts.NotImportable, match="is 'api_key' here, as another field's is"):
+        tts.convert({**EXAMPLE, "fields": fields, "headers": {}, "base-url": "https://x.example"})

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from webhook_worker.config import WebhookSettings
-from webhook_worker.render import JsonTemplate, TemplateError, build_context, lookup
+from webhook_worker.render import JsonTemplate, TemplateError, build_context, js_text, lookup
 from webhook_worker.request import InvalidRequest, RequestBuilder, response_downlinks
 from webhook_worker.worker import retry_after_seconds
 from worker_sdk import Device, Event
@@ -212,3 +212,20 @@ def test_values_render_as_javascript_prints_them() -> None:
         )
     ).build(event, context, b"")
     assert parse_qs(form.body.decode() if form.body else "") == {"w": ["21"], "f": ["true"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "printed"),
+    [
+        (0.00001, "0.00001"),
+        (1e-7, "1e-7"),
+        (1e21, "1e+21"),
+        (21.0, "21"),
+        (-0.5, "-0.5"),
+        ({"x": 1.0, "y": [2.0, None]}, '{"x":1,"y":[2,null]}'),
+        ([1.0, None, True], "1,,true"),
+        (None, ""),
+    ],
+)
+def test_numbers_and_containers_print_as_javascript_prints_them(value: Any, printed: str) -> None:
+    assert js_text(value) == printed

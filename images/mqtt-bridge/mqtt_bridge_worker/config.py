@@ -108,10 +108,10 @@ def downlink_filter(template: str, application_id: str) -> str:
 
 
 def parse_downlink_topic(template: str, application_id: str, topic: str) -> tuple[str, str] | None:
-    """The device id and operation (push or replace) a downlink topic names, or None if it names none."""
+    """The device id and the operation level a downlink topic names, or None if its shape differs."""
     expected = template.replace("{application_id}", application_id).split("/")
     levels = topic.split("/")
     if len(levels) != len(expected):
         return None
     device_id, operation = levels[expected.index("{device_id}")], levels[expected.index("{operation}")]
-    return (device_id, operation) if operation in ("push", "replace") and device_id else None
+    return (device_id, operation) if device_id else None

@@ -13,6 +13,9 @@ from worker_sdk.mqtt import MqttConnection, MqttError
 
 from .config import BridgeSettings, downlink_filter, event_topic, parse_downlink_topic
 
+# The last level of the handler's downlink event topics (down/queued, ...), which a downlink filter may match.
+EVENT_LEVELS = {"queued", "sent", "ack", "nack", "failed", "deliver"}
+
 
 class BridgeWorker(Worker):
     """Publishes each event to the user's broker (waiting for its PUBACK before the event is acknowledged here);
@@ -69,7 +72,9 @@ class BridgeWorker(Worker):
         """One downlink message from the user's broker: queued with the handler before it is acknowledged there;
         one the handler refuses, or that is not a downlink, is reported as an error (the device got nothing)."""
         found = parse_downlink_topic(self.settings.downlink_topic, self.app_id, topic)
-        if found is None:
+        if found is not None and found[1] in EVENT_LEVELS:
+            return  # an event on the same topics (down/sent, ...), such as a retained copy: not a request
+        if found is None or found[1] not in ("push", "replace"):
             await self.report("error", f"downlink on {topic}: the topic names no device and push or replace")
             return
         device_id, operation = found

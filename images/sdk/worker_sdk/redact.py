@@ -23,7 +23,8 @@ BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
 
 def encoded_forms(secret: str) -> set[str]:
     """The secret as it may appear written inside URLs, forms and JSON strings."""
-    return {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
+    reserved = quote(secret, safe=":/?#[]@!$&'()*+,;=")  # as RFC 6570's {+x} and {#x} write it
+    return {secret, quote(secret, safe=""), quote_plus(secret), reserved, json.dumps(secret)[1:-1]}
 
 
 def _decoded(run: str) -> bytes:

@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from html import escape as html_escape
 from typing import Any
 from urllib.parse import quote
@@ -87,6 +88,7 @@ def build_context(event: Event, integration_id: str) -> dict[str, Any]:
         "application_id": event.application_id,
         "device_id": event.device_id,
         "dev_eui": ids.get("dev_eui", ""),
+        "dev_addr": ids.get("dev_addr", ""),
         "join_eui": ids.get("join_eui", ""),
         "correlation_id": (event.correlation_ids or [""])[0],
         "correlation_ids": event.correlation_ids,
@@ -133,8 +135,19 @@ def js_text(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ",".join(js_text(item) for item in value)
     if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(_js_json(value), separators=(",", ":"), ensure_ascii=False)
     return str(value)
+
+
+def _js_json(value: Any) -> Any:
+    """JSON data with whole floats as integers, as JSON.stringify writes them (21.0 -> 21)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _js_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_js_json(item) for item in value]
+    return value
 
 
 def _js_number(value: float) -> str:
@@ -145,6 +158,8 @@ def _js_number(value: float) -> str:
     if value.is_integer() and abs(value) < 1e21:
         return str(int(value))
     text = repr(value)
+    if "e" in text and 1e-6 <= abs(value) < 1e21:  # JavaScript writes 0.00001 where Python writes 1e-05
+        return format(Decimal(text), "f")
     if "e" in text:  # 1e-07 -> 1e-7, 1e+21 as JavaScript writes exponents
         mantissa, exponent = text.split("e")
         power = int(exponent)

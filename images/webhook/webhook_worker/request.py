@@ -6,7 +6,7 @@ import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
@@ -130,7 +130,7 @@ class RequestBuilder:
         """Render the request for one event."""
         url = self.url.render(context)
         if event.name in self.paths:
-            url += self.paths[event.name].render(context)
+            url = join_path(url, self.paths[event.name].render(context))
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise InvalidRequest(f"the rendered URL {url[:200]!r} is not an http(s) URL with a host")
@@ -184,6 +184,17 @@ class RequestBuilder:
         return None
 
 
+def join_path(base: str, path: str) -> str:
+    """A message type's path added to the base URL as The Things Stack adds it: one slash between the two,
+    and the queries of both kept (`https://x.io/api?k=1` + `/up?v=2` -> `https://x.io/api/up?k=1&v=2`)."""
+    if not path:
+        return base
+    base_parts, path_parts = urlsplit(base), urlsplit(path)
+    joined = base_parts.path.rstrip("/") + "/" + path_parts.path.lstrip("/")
+    query = "&".join(part for part in (base_parts.query, path_parts.query) if part)
+    return urlunsplit((base_parts.scheme, base_parts.netloc, joined, query, base_parts.fragment))
+
+
 def mask_path(text: str) -> list[str]:
     """A field mask path as keys; The Things Stack's `up.` (its message's one-of) is dropped."""
     return text.removeprefix("up.").split(".")
@@ -209,9 +220,7 @@ _MISSING = object()
 
 
 def _form_value(value: Any) -> str:
-    """A form field: objects and arrays as JSON, anything else as JavaScript prints it (null: empty)."""
-    if isinstance(value, dict | list):
-        return json.dumps(value)
+    """A form field, as JavaScript prints the value (null: empty; arrays joined with commas; objects as JSON)."""
     return js_text(value)
 
 
