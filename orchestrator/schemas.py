@@ -203,8 +203,13 @@ class IntegrationPublic(BaseModel):
     downlink_key_id: str | None = Field(
         None, description="The key the target pushes downlinks with, when the template asks for one"
     )
+
+
+class IntegrationCreated(IntegrationPublic):
+    """The answer to a create: the integration, and its downlink key when its template asks for one."""
+
     downlink_api_key: str | None = Field(
-        None, description="That key itself: only in the answer to the create, shown once (write it down)"
+        None, description="The key the target pushes downlinks with: shown this once (write it down)"
     )
 
 

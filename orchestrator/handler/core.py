@@ -48,8 +48,10 @@ class Handler:
         self._devices: dict[tuple[str, str], dict[str, Any]] = {}
         self._pending: set[tuple[str, str]] = set()  # devices with queued downlinks
         self._expiry_task: asyncio.Task[None] | None = None
-        for suffix in DEVICE_REQUESTS:
-            bus.subscribe(f"{topics.PREFIX}/+/devices/+/{suffix}", self._on_device_request, once=True)
+        # Three filters cover every request (up/push, down/ack/push, ...): a broker lets only so many
+        # subscriptions await their acknowledgement at once (Mosquitto's default: 20).
+        for pattern in ("+/push", "+/+/push", "down/replace"):
+            bus.subscribe(f"{topics.PREFIX}/+/devices/+/{pattern}", self._on_device_request, once=True)
         # Other instances on the same database change the registry too: their events keep this one in step.
         bus.subscribe(f"{topics.PREFIX}/+/devices/+/events/+", self._on_device_event, no_local=True)
         bus.subscribe(f"{topics.PREFIX}/+/devices/+/down/queued", self._on_downlink_queued, no_local=True)
@@ -428,6 +430,9 @@ class Handler:
         parts = topic.split("/")
         # v3/{app}/devices/{device}/{request}: a topic level may be empty, and that is an error to report.
         app_id, device_id, suffix = parts[1], parts[3], "/".join(parts[4:])
+        if suffix not in DEVICE_REQUESTS:
+            log.info("ignored %s: not a request the handler takes", topic)
+            return
         if not device_id:
             error = UplinkRejected(f"the topic {topic} names no device")
             if suffix == "up/push":

@@ -26,6 +26,7 @@ from ..reconciler import Reconciler
 from ..runtime.base import Runtime, WorkerState
 from ..schemas import (
     IntegrationCreate,
+    IntegrationCreated,
     IntegrationPublic,
     IntegrationTest,
     IntegrationUpdate,
@@ -126,14 +127,14 @@ class IntegrationService:
             return ValidationResult(valid=False, errors=err.errors)
         return ValidationResult(valid=True)
 
-    async def create(self, app_id: str, data: IntegrationCreate) -> IntegrationPublic:
+    async def create(self, app_id: str, data: IntegrationCreate) -> IntegrationCreated:
         """Create from a template and field values, with a worker key; the worker starts right away (if enabled)."""
         record = await self.db.run(
             store.create_integration, templates=self.templates, box=self.box, app_id=app_id, data=data
         )
         await self.keys.changed(app_id, _key_ids(record))
         await self.reconciler.reconcile_one(app_id, record.id)
-        created = await self.get(app_id, record.id)
+        created = IntegrationCreated.model_validate((await self.get(app_id, record.id)).model_dump())
         if record.downlink_key_encrypted:  # shown this once; the worker gets it from the sealed copy
             created.downlink_api_key = self.box.open(record.downlink_key_encrypted)
         return created

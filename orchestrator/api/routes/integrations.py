@@ -11,6 +11,7 @@ from ...runtime.base import WorkerState
 from ...schemas import (
     ActivityPublic,
     IntegrationCreate,
+    IntegrationCreated,
     IntegrationPublic,
     IntegrationTest,
     IntegrationUpdate,
@@ -24,10 +25,10 @@ from ..responses import page_answer
 router = APIRouter(prefix="/api/v1/applications/{app_id}/integrations", tags=["integrations"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=IntegrationPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=IntegrationCreated)
 async def create_integration(
     app_id: str, body: IntegrationCreate, services: ServicesDep, who: PrincipalDep
-) -> IntegrationPublic:
+) -> IntegrationCreated:
     """Create from a template id and field values; the worker starts right away (if enabled)."""
     who.require(app_id, "manage")
     return await services.integrations.create(app_id, body)
