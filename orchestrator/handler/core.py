@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_SECONDS = 30.0
 DEVICE_REQUESTS = ("up/push", "down/push", "down/replace", *(f"{kind}/push" for kind in topics.DEVICE_REPORTS))
 APPLICATIONS_TOPIC = "orchestrator/changed/applications"  # between instances on one database
+# Reports that start a message of their own get a new correlation id (acks and nacks carry their downlink's).
+OWN_ID_PREFIXES = {"join": "as:up:", "service/data": "as:up:", "location/solved": "as:up:", "publish": "pub:"}
 
 
 class Handler:
@@ -239,7 +241,9 @@ class Handler:
         received_at = now_iso()
         if kind == "join":
             content = {**content, "received_at": content.get("received_at", received_at)}
-        own_ids = [f"as:up:{uuid.uuid4().hex}"] if kind in ("join", "service/data", "location/solved") else []
+        if kind == "publish":
+            content = {**content, "published_at": content.get("published_at", received_at)}
+        own_ids = [f"{OWN_ID_PREFIXES[kind]}{uuid.uuid4().hex}"] if kind in OWN_ID_PREFIXES else []
         event = {
             **report.envelope,
             "end_device_ids": {**ids, **report.device_ids},

@@ -19,6 +19,7 @@ REPORT_FIELDS = {
     "down/nack": "downlink_nack",
     "service/data": "service_data",
     "location/solved": "location_solved",
+    "publish": "publish",
 }
 
 
@@ -71,12 +72,26 @@ class LocationSolved(BaseModel):
     attributes: dict[str, str] | None = None
 
 
+class Publish(BaseModel):
+    """A named event a device publishes (Particle's `Particle.publish(name, data)`): a name to select it by, and
+    its data as text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-/]{1,64}$", description="1-64 letters, digits, _, - and /")
+    data: str = Field("", max_length=16384)
+    ttl: int = Field(60, ge=0, le=16777215)
+    private: bool = True
+    published_at: Timestamp | None = None
+
+
 MODELS: dict[str, type[BaseModel]] = {
     "join": JoinAccept,
     "down/ack": DownlinkAnswer,
     "down/nack": DownlinkAnswer,
     "service/data": ServiceData,
     "location/solved": LocationSolved,
+    "publish": Publish,
 }
 
 

@@ -61,7 +61,7 @@ def test_broker_grants_follow_scopes() -> None:
         ("write", "v3/app/devices/+/up/push"),
         *[
             ("write", f"v3/app/devices/+/{kind}/push")
-            for kind in ("join", "down/ack", "down/nack", "service/data", "location/solved")
+            for kind in ("join", "down/ack", "down/nack", "service/data", "location/solved", "publish")
         ],
         ("read", "v3/app/devices/+/down/deliver"),
     ]
@@ -119,6 +119,10 @@ def test_tts_shaped_uplink_keeps_every_field_but_the_registrys_ids() -> None:
             "location_solved.location.longitude",
         ),
         ("join", b'{"correlation_ids": "x"}', "correlation_ids: must be a list of strings"),
+        ("publish", b'{"data": "1"}', "name: Field required"),
+        ("publish", b'{"name": "temp erature"}', "name: String should match pattern"),
+        ("publish", b'{"name": "' + b"x" * 65 + b'"}', "name: String should match pattern"),
+        ("publish", b'{"name": "t", "data": 21.5}', "data: Input should be a valid string"),
     ],
 )
 def test_bad_reports_are_rejected_with_the_reason(kind: str, body: bytes, message: str) -> None:

@@ -229,3 +229,29 @@ def test_values_render_as_javascript_prints_them() -> None:
 )
 def test_numbers_and_containers_print_as_javascript_prints_them(value: Any, printed: str) -> None:
     assert js_text(value) == printed
+
+
+def test_a_particle_definition_renders_a_named_event_as_particle_would() -> None:
+    publish = {"name": "temperature/room1", "data": '{"t": 21.5, "ok": true}', "published_at": "2026-01-02T03:04:05Z"}
+    payload = {"end_device_ids": UPLINK["end_device_ids"], "correlation_ids": ["pub:1"], "publish": publish}
+    event = Event("publish", "t", "app-1", "dev-1", payload)
+    context = build_context(event, "hook")
+    settings = WebhookSettings(
+        url="https://example.com/{{PARTICLE_EVENT_NAME}}/{{SPARK_CORE_ID}}",
+        body_format="json",
+        body='{"value": "{{{PARTICLE_EVENT_VALUE}}}", "t": "{{t}}", "at": "{{PARTICLE_PUBLISHED_AT}}"}',
+    )
+    request = RequestBuilder(settings).build(event, context, b"")
+    assert request.url == "https://example.com/temperature%2Froom1/dev-1"
+    assert json.loads(request.body or b"") == {
+        "value": '{"t": 21.5, "ok": true}',
+        "t": 21.5,  # keys of JSON data are variables, as on Particle
+        "at": "2026-01-02T03:04:05Z",
+    }
+    uplink = build_context(event_for(UPLINK), "hook")
+    assert uplink["PARTICLE_EVENT_NAME"] == "uplink"
+    assert json.loads(uplink["PARTICLE_EVENT_VALUE"])["temperature"] == 21.5
+
+
+def event_for(payload: dict[str, Any]) -> Event:
+    return Event("uplink", "t", "app-1", "dev-1", payload)

@@ -27,6 +27,8 @@ DEVICE_TOPIC_EVENTS: dict[str, str] = {
     "service/data/push": "service.data.push",
     "location/solved": "location.solved",
     "location/solved/push": "location.solved.push",
+    "publish": "publish",
+    "publish/push": "publish.push",
     "events/create": "device.create",
     "events/update": "device.update",
     "events/delete": "device.delete",
@@ -34,7 +36,7 @@ DEVICE_TOPIC_EVENTS: dict[str, str] = {
 EVENT_DEVICE_TOPICS: dict[str, str] = {event: suffix for suffix, event in DEVICE_TOPIC_EVENTS.items()}
 
 # What a device (or a network server speaking for it) reports, each on `{suffix}/push`, and the event it becomes.
-DEVICE_REPORTS = ("join", "down/ack", "down/nack", "service/data", "location/solved")
+DEVICE_REPORTS = ("join", "down/ack", "down/nack", "service/data", "location/solved", "publish")
 
 # Events an integration can subscribe to (the rest are requests to the handler, not events).
 SUBSCRIBABLE_EVENTS = (
@@ -48,6 +50,7 @@ SUBSCRIBABLE_EVENTS = (
     "downlink.failed",
     "service.data",
     "location.solved",
+    "publish",
     "device.create",
     "device.update",
     "device.delete",

@@ -118,7 +118,45 @@ def build_context(event: Event, integration_id: str) -> dict[str, Any]:
         },
         "message": payload,
     }
+    context |= particle_variables(event, context)
     return _indexable(context)
+
+
+def particle_variables(event: Event, context: dict[str, Any]) -> dict[str, Any]:
+    """Particle's webhook variables (and their legacy SPARK_ names), so its definitions render as they do there.
+    A named event (`publish`) gives its name and data; any other event its own name, and the decoded payload
+    (as JSON) or the raw payload as its value. Keys of data that is a JSON object become variables too, as on
+    Particle, unless ours has the name."""
+    publish = event.payload.get("publish") if event.name == "publish" else None
+    if isinstance(publish, dict):
+        name, value = str(publish.get("name", "")), str(publish.get("data", ""))
+        published_at = str(publish.get("published_at") or context["received_at"] or "")
+    else:
+        decoded = context["decoded_payload"]
+        name, value = event.name, js_text(decoded) if decoded else str(context["frm_payload"])
+        published_at = str(context["received_at"] or "")
+    found = {
+        "event_name": name,
+        "event_data": value,
+        "PARTICLE_DEVICE_ID": event.device_id,
+        "PARTICLE_EVENT_NAME": name,
+        "PARTICLE_EVENT_VALUE": value,
+        "PARTICLE_PUBLISHED_AT": published_at,
+        "PARTICLE_EVENT_ID": context["correlation_id"],
+        "PRODUCT_ID": event.application_id,
+        "SPARK_CORE_ID": event.device_id,
+        "SPARK_EVENT_NAME": name,
+        "SPARK_EVENT_VALUE": value,
+        "SPARK_PUBLISHED_AT": published_at,
+    }
+    if isinstance(publish, dict):
+        try:
+            data = json.loads(value)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            found |= {key: item for key, item in data.items() if key not in context and key not in found}
+    return found
 
 
 def js_text(value: Any) -> str:

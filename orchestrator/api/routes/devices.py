@@ -22,8 +22,9 @@ REPORTS = {
     "downlink-nack": "down/nack",
     "service-data": "service/data",
     "location-solved": "location/solved",
+    "publish": "publish",
 }
-ReportKind = Literal["join", "downlink-ack", "downlink-nack", "service-data", "location-solved"]
+ReportKind = Literal["join", "downlink-ack", "downlink-nack", "service-data", "location-solved", "publish"]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DevicePublic)

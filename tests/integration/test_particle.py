@@ -1,0 +1,50 @@
+"""Particle's model: a device publishes named events (over MQTT and HTTP); they flow through the handler, the log
+and the stream like uplinks, and a webhook written for Particle renders them with its PARTICLE_* variables."""
+
+from __future__ import annotations
+
+from tests.support.mqtt import MqttProbe
+from tests.support.orchestrator import RunningOrchestrator
+from tests.support.sink import HttpSink
+from tests.support.waiting import wait_for
+
+APP = "photon-app"
+
+
+def test_named_events_reach_a_particle_style_webhook(orchestrator: RunningOrchestrator, sink: HttpSink) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "photon-1")
+    key = orchestrator.create_key(APP, "uplinks:write", "messages:read")
+    device = MqttProbe(orchestrator.mqtt_url, ".".join(key.split(".")[:2]), key)
+    device.subscribe(f"v3/{APP}/devices/photon-1/publish")
+    config = {
+        "url": sink.url + "/{{PARTICLE_EVENT_NAME}}",
+        "events": "publish",
+        "body_format": "form",
+        "body": '{"event": "{{PARTICLE_EVENT_NAME}}", "data": "{{{PARTICLE_EVENT_VALUE}}}", "coreid": '
+        '"{{PARTICLE_DEVICE_ID}}", "published_at": "{{PARTICLE_PUBLISHED_AT}}"}',
+    }
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config=config)
+    orchestrator.wait_state(APP, "hook", "running")
+
+    device.publish(f"v3/{APP}/devices/photon-1/publish/push", {"name": "temperature", "data": "21.5"})
+    path = f"/api/v1/applications/{APP}/devices/photon-1/reports/publish"
+    answer = orchestrator.call("POST", path, 201, json={"name": "door/open", "data": "", "ttl": 30}).json()
+    assert answer["publish"]["name"] == "door/open" and answer["correlation_ids"][0].startswith("pub:")
+    refused = orchestrator.call("POST", path, 422, json={"name": "has space", "data": "1"}).json()
+    assert refused["errors"][0]["field"] == "name"
+
+    published = {
+        body["publish"]["name"]: body["publish"] for _, body in device.collect(2, topic_suffix="/photon-1/publish")
+    }
+    first = published["temperature"]  # MQTT and HTTP are two ways in: no order between them
+    assert (first["name"], first["data"], first["ttl"]) == ("temperature", "21.5", 60) and first["published_at"]
+    received = wait_for(lambda: len(sink.accepted()) >= 2 and sink.accepted(), what="two webhook requests")
+    by_path = {request.path: request for request in received}
+    assert set(by_path) == {"/temperature", "/door%2Fopen"}
+    form = dict(item.split("=", 1) for item in by_path["/temperature"].body.decode().split("&"))
+    assert form["event"] == "temperature" and form["data"] == "21.5" and form["coreid"] == "photon-1"
+    assert form["published_at"] == first["published_at"].replace(":", "%3A")
+    history = orchestrator.call("GET", f"/api/v1/applications/{APP}/events/history?type=publish", 200).json()
+    assert sorted(item["data"]["publish"]["name"] for item in history["items"]) == ["door/open", "temperature"]
+    device.close()
