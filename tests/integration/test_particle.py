@@ -20,6 +20,7 @@ def test_named_events_reach_a_particle_style_webhook(orchestrator: RunningOrches
     config = {
         "url": sink.url + "/{{PARTICLE_EVENT_NAME}}",
         "events": "publish",
+        "event_prefix": "temp",  # Particle's event prefix: door/open and hum are left alone
         "body_format": "form",
         "body": '{"event": "{{PARTICLE_EVENT_NAME}}", "data": "{{{PARTICLE_EVENT_VALUE}}}", "coreid": '
         '"{{PARTICLE_DEVICE_ID}}", "published_at": "{{PARTICLE_PUBLISHED_AT}}"}',
@@ -28,23 +29,29 @@ def test_named_events_reach_a_particle_style_webhook(orchestrator: RunningOrches
     orchestrator.wait_state(APP, "hook", "running")
 
     device.publish(f"v3/{APP}/devices/photon-1/publish/push", {"name": "temperature", "data": "21.5"})
+    device.publish(f"v3/{APP}/devices/photon-1/publish/push", {"name": "temp/kitchen", "data": "19"})
+    device.publish(f"v3/{APP}/devices/photon-1/publish/push", {"name": "hum", "data": "40"})
     path = f"/api/v1/applications/{APP}/devices/photon-1/reports/publish"
     answer = orchestrator.call("POST", path, 201, json={"name": "door/open", "data": "", "ttl": 30}).json()
     assert answer["publish"]["name"] == "door/open" and answer["correlation_ids"][0].startswith("pub:")
     refused = orchestrator.call("POST", path, 422, json={"name": "has space", "data": "1"}).json()
     assert refused["errors"][0]["field"] == "name"
 
-    published = {
-        body["publish"]["name"]: body["publish"] for _, body in device.collect(2, topic_suffix="/photon-1/publish")
-    }
+    found = device.collect(4, topic_suffix="/photon-1/publish")
+    published = {body["publish"]["name"]: body["publish"] for _, body in found}
     first = published["temperature"]  # MQTT and HTTP are two ways in: no order between them
     assert (first["name"], first["data"], first["ttl"]) == ("temperature", "21.5", 60) and first["published_at"]
     received = wait_for(lambda: len(sink.accepted()) >= 2 and sink.accepted(), what="two webhook requests")
     by_path = {request.path: request for request in received}
-    assert set(by_path) == {"/temperature", "/door%2Fopen"}
+    assert set(by_path) == {"/temperature", "/temp%2Fkitchen"}
     form = dict(item.split("=", 1) for item in by_path["/temperature"].body.decode().split("&"))
     assert form["event"] == "temperature" and form["data"] == "21.5" and form["coreid"] == "photon-1"
     assert form["published_at"] == first["published_at"].replace(":", "%3A")
     history = orchestrator.call("GET", f"/api/v1/applications/{APP}/events/history?type=publish", 200).json()
-    assert sorted(item["data"]["publish"]["name"] for item in history["items"]) == ["door/open", "temperature"]
+    names = sorted(item["data"]["publish"]["name"] for item in history["items"])
+    assert names == ["door/open", "hum", "temp/kitchen", "temperature"]  # all logged; the webhook chose
+    counters = wait_for(
+        lambda: (c := orchestrator.integration(APP, "hook")["counters"])["delivered"] >= 2 and c, what="counters"
+    )
+    assert counters["delivered"] == 2 and counters["failed"] == 0  # what it left alone is not counted
     device.close()

@@ -172,6 +172,11 @@ class Worker:
     async def setup(self) -> None:
         """Prepare clients for the target platform (called once, after the handler connection)."""
 
+    def wants(self, event: Event) -> bool:
+        """False for an event to leave alone (acknowledged, not handled, not counted): for filters the
+        subscription cannot express, such as a prefix of a named event's name."""
+        return True
+
     async def handle(self, event: Event) -> dict[str, Any] | None:
         """Deliver one event; return details for the delivery history, raise Retryable/PermanentError."""
         raise NotImplementedError
@@ -475,7 +480,8 @@ class Worker:
             device=self.registry.get(device_id),
             raw=payload,
         )
-        await self._deliver(event)
+        if self.wants(event):
+            await self._deliver(event)
 
     async def _deliver(self, event: Event) -> None:
         ids: dict[str, Any] = {"device_id": event.device_id, "correlation_ids": event.correlation_ids}
