@@ -3,6 +3,13 @@ and the stream like uplinks, and a webhook written for Particle renders them wit
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+
+import httpx
+from httpx_sse import connect_sse
+
 from tests.support.mqtt import MqttProbe
 from tests.support.orchestrator import RunningOrchestrator
 from tests.support.sink import HttpSink
@@ -55,3 +62,40 @@ def test_named_events_reach_a_particle_style_webhook(orchestrator: RunningOrches
     )
     assert counters["delivered"] == 2 and counters["failed"] == 0  # what it left alone is not counted
     device.close()
+
+
+def test_a_client_built_for_particles_stream_reads_named_events(orchestrator: RunningOrchestrator) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "photon-1")
+    orchestrator.create_device(APP, "photon-2")
+    key = orchestrator.create_key(APP, "messages:read", "uplinks:write")
+    path = f"/api/v1/applications/{APP}/devices/{{}}/reports/publish"
+    got: list[tuple[str, dict[str, object]]] = []
+
+    def read(url: str, count: int) -> None:
+        with httpx.Client(base_url=orchestrator.url, timeout=30) as client, connect_sse(client, "GET", url) as source:
+            for item in source.iter_sse():
+                got.append((item.event, json.loads(item.data)))
+                if len(got) >= count:
+                    return
+
+    reader = threading.Thread(target=read, args=(f"/v1/devices/photon-1/events/temp?access_token={key}", 2))
+    reader.start()
+    time.sleep(1.0)  # the stream is open
+    for device, name, data in [
+        ("photon-1", "temperature", "21.5"),
+        ("photon-1", "hum", "40"),
+        ("photon-2", "temperature", "5"),
+        ("photon-1", "temp/kitchen", "19"),
+    ]:
+        orchestrator.call("POST", path.format(device), 201, json={"name": name, "data": data})
+    reader.join(30)
+    assert [(event, body["data"], body["coreid"]) for event, body in got] == [
+        ("temperature", "21.5", "photon-1"),
+        ("temp/kitchen", "19", "photon-1"),
+    ]
+    assert got[0][1]["ttl"] == 60 and str(got[0][1]["published_at"]).endswith("Z")
+
+    admin = httpx.get(f"{orchestrator.url}/v1/events?access_token={orchestrator.token}", timeout=10)
+    assert admin.status_code == 401  # the admin token never goes in a URL
+    assert httpx.get(f"{orchestrator.url}/v1/events", timeout=10).status_code == 401

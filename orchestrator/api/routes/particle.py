@@ -1,0 +1,113 @@
+"""Particle's event stream, for clients built for it: `GET /v1/events/{prefix}`, `/v1/devices/events/{prefix}`
+and `/v1/devices/{device}/events/{prefix}`, with the application's key as `access_token` or a Bearer header.
+Each named event comes as Particle sends it: `event: NAME`, `data: {"data", "ttl", "published_at", "coreid"}`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.security import HTTPAuthorizationCredentials
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from ...errors import AuthenticationError
+from ...events.log import LoggedEvent
+from ...services import Principal
+from ...services.events import StreamGap
+from ..deps import ServicesDep, bearer
+
+router = APIRouter(prefix="/v1", tags=["particle"])
+
+
+async def particle_reader(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    access_token: Annotated[str | None, Query(description="An application key (ik.…) or a stream token")] = None,
+) -> Principal:
+    """The application whose events the caller reads: a key (or stream token) says which. The admin token,
+    which names no application, is refused; in a URL it would end up in logs."""
+    if credentials is not None:
+        who = services.keys.authenticate(credentials.credentials)
+    elif access_token and access_token.startswith("st."):
+        who = services.keys.authenticate_stream(access_token)
+    elif access_token and access_token.startswith("ik."):
+        who = services.keys.authenticate(access_token)
+    else:
+        raise AuthenticationError("send access_token=<application key> or Authorization: Bearer <application key>")
+    if who.admin or who.application_id is None:
+        raise AuthenticationError("the event stream is an application's: use one of its keys, not the admin token")
+    who.require(who.application_id, "messages:read")
+    return who
+
+
+ReaderDep = Annotated[Principal, Depends(particle_reader)]
+
+
+def particle_event(event: LoggedEvent, prefix: str, device_id: str | None) -> ServerSentEvent | None:
+    """A named event as Particle's stream writes it, or None when the filters leave it out."""
+    if device_id is not None and event.device_id != device_id:
+        return None
+    try:
+        publish = json.loads(event.data)["publish"]
+        name = str(publish["name"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not name.startswith(prefix):
+        return None
+    body = {
+        "data": publish.get("data", ""),
+        "ttl": publish.get("ttl", 60),
+        "published_at": publish.get("published_at", ""),
+        "coreid": event.device_id or "",
+    }
+    return ServerSentEvent(data=json.dumps(body), event=name, id=str(event.id))
+
+
+async def _stream(
+    services: ServicesDep, who: Principal, prefix: str, device_id: str | None, last_event_id: str | None
+) -> EventSourceResponse:
+    app_id = str(who.application_id)
+    after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else None
+    events = await services.events.stream(app_id, after=after, replay=False, prefixes=("publish",))
+
+    async def sse() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(comment="ok")
+        async for event in events:
+            if not isinstance(event, StreamGap) and (found := particle_event(event, prefix, device_id)) is not None:
+                yield found
+
+    return EventSourceResponse(
+        sse(),
+        ping=services.events.settings.keepalive_seconds,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+LastEventId = Annotated[str | None, Header(description="Resume after this event id (unlike Particle, nothing is lost)")]
+
+
+@router.get("/events", response_class=EventSourceResponse)
+@router.get("/events/{prefix:path}", response_class=EventSourceResponse)
+async def events(services: ServicesDep, who: ReaderDep, prefix: str = "", last_event_id: LastEventId = None) -> object:
+    """Named events of the key's application whose name starts with `prefix`."""
+    return await _stream(services, who, prefix, None, last_event_id)
+
+
+@router.get("/devices/events", response_class=EventSourceResponse)
+@router.get("/devices/events/{prefix:path}", response_class=EventSourceResponse)
+async def device_events(
+    services: ServicesDep, who: ReaderDep, prefix: str = "", last_event_id: LastEventId = None
+) -> object:
+    """The same: on Particle, the events of the caller's own devices."""
+    return await _stream(services, who, prefix, None, last_event_id)
+
+
+@router.get("/devices/{device_id}/events", response_class=EventSourceResponse)
+@router.get("/devices/{device_id}/events/{prefix:path}", response_class=EventSourceResponse)
+async def one_device_events(
+    device_id: str, services: ServicesDep, who: ReaderDep, prefix: str = "", last_event_id: LastEventId = None
+) -> object:
+    """Named events of one device whose name starts with `prefix`."""
+    return await _stream(services, who, prefix, device_id, last_event_id)
