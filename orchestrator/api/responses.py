@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
+
+from ..errors import ValidationFailed
 
 # As pydantic writes them: UTC times end in Z.
 OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
@@ -18,3 +22,20 @@ def page_answer(page: dict[str, Any]) -> Response:
     4 ms); the route still declares the model, so the OpenAPI document is the same.
     """
     return Response(orjson.dumps(page, option=OPTIONS), media_type="application/json")
+
+
+def resume_after(last_event_id: str | None, largest: int) -> int | None:
+    """The log id a stream resumes after, from its Last-Event-ID header (anything but digits: from now on)."""
+    if not last_event_id or not last_event_id.strip().isdigit():
+        return None
+    after = int(last_event_id)
+    if after > largest:
+        raise ValidationFailed([{"field": "header.last-event-id", "message": f"at most {largest}"}])
+    return after
+
+
+def sse_answer(events: AsyncIterator[ServerSentEvent], keepalive_seconds: float) -> EventSourceResponse:
+    """A server-sent event stream that proxies do not buffer or cache, with a ping to notice dead connections."""
+    return EventSourceResponse(
+        events, ping=keepalive_seconds, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

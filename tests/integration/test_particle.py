@@ -99,3 +99,7 @@ def test_a_client_built_for_particles_stream_reads_named_events(orchestrator: Ru
     admin = httpx.get(f"{orchestrator.url}/v1/events?access_token={orchestrator.token}", timeout=10)
     assert admin.status_code == 401  # the admin token never goes in a URL
     assert httpx.get(f"{orchestrator.url}/v1/events", timeout=10).status_code == 401
+    too_far = httpx.get(
+        f"{orchestrator.url}/v1/events?access_token={key}", headers={"Last-Event-ID": "9" * 25}, timeout=10
+    )
+    assert too_far.status_code == 422 and "last-event-id" in too_far.text

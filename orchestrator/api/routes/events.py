@@ -10,11 +10,11 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from ...errors import ValidationFailed
 from ...events.log import EventQuery
 from ...schemas import StreamToken
 from ...services.events import StreamGap
 from ..deps import MAX_ID, PrincipalDep, ServicesDep, StreamReaderDep
+from ..responses import resume_after, sse_answer
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/events", tags=["events"])
 
@@ -74,9 +74,7 @@ async def stream_events(
     on live; `stream.gap` says when retention already removed some of them.
     """
     who.require(app_id, "messages:read")
-    after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else None
-    if after is not None and after > MAX_ID:
-        raise ValidationFailed([{"field": "header.last-event-id", "message": f"at most {MAX_ID}"}])
+    after = resume_after(last_event_id, MAX_ID)
     events = await services.events.stream(app_id, after=after, replay=replay, prefixes=_prefixes(prefix))
 
     async def sse() -> AsyncIterator[ServerSentEvent]:
@@ -87,11 +85,7 @@ async def stream_events(
             else:
                 yield ServerSentEvent(data=event.data, event=event.name, id=str(event.id))
 
-    return EventSourceResponse(
-        sse(),
-        ping=services.events.settings.keepalive_seconds,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_answer(sse(), services.events.settings.keepalive_seconds)
 
 
 @router.get(

@@ -16,7 +16,8 @@ from ...errors import AuthenticationError
 from ...events.log import LoggedEvent
 from ...services import Principal
 from ...services.events import StreamGap
-from ..deps import ServicesDep, bearer
+from ..deps import MAX_ID, ServicesDep, bearer
+from ..responses import resume_after, sse_answer
 
 router = APIRouter(prefix="/v1", tags=["particle"])
 
@@ -69,20 +70,18 @@ async def _stream(
     services: ServicesDep, who: Principal, prefix: str, device_id: str | None, last_event_id: str | None
 ) -> EventSourceResponse:
     app_id = str(who.application_id)
-    after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else None
+    after = resume_after(last_event_id, MAX_ID)
     events = await services.events.stream(app_id, after=after, replay=False, prefixes=("publish",))
 
     async def sse() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="ok")
         async for event in events:
-            if not isinstance(event, StreamGap) and (found := particle_event(event, prefix, device_id)) is not None:
+            if isinstance(event, StreamGap):  # said, not skipped: Particle has no such event, so clients ignore it
+                yield ServerSentEvent(data=json.dumps({"message": event.message}), event="stream.gap")
+            elif (found := particle_event(event, prefix, device_id)) is not None:
                 yield found
 
-    return EventSourceResponse(
-        sse(),
-        ping=services.events.settings.keepalive_seconds,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_answer(sse(), services.events.settings.keepalive_seconds)
 
 
 LastEventId = Annotated[str | None, Header(description="Resume after this event id (unlike Particle, nothing is lost)")]
