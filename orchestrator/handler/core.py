@@ -19,7 +19,7 @@ from worker_sdk.messages import DownlinkRequest, describe_errors, end_device_ids
 from ..bus import Bus
 from ..config import HandlerSettings
 from ..db import Database
-from ..db.models import Application, Device
+from ..db.models import Application, Device, QueuedDownlink
 from ..db.session import retry_until_stored
 from ..errors import DatabaseUnavailable, NotFoundError, ValidationFailed
 from ..events.log import LoggedEvent, NewEvent
@@ -219,7 +219,7 @@ class Handler:
             device = await self.require_device(app_id, device_id)
             report = parse_report(kind, body, self.limits)
             content = report.content
-            requeued: list[Any] = []
+            requeued: list[QueuedDownlink] = []
             if kind in ("down/ack", "down/nack"):
                 settled, requeued = await self.db.run(
                     downlinks.settle,
@@ -252,9 +252,8 @@ class Handler:
             REPORT_FIELDS[kind]: content,
         }
         await self.emit(app_id, device_id, kind, event)
-        for record in requeued:  # a nacked downlink goes out again, as The Things Stack does
-            self._pending.add((app_id, device_id))
-            await self.emit(app_id, device_id, "down/queued", self._lifecycle(app_id, device_id, "queued", record.body))
+        # A nacked downlink goes out again, as The Things Stack does (a named one at once).
+        await self._announce(app_id, device_id, requeued)
         return event
 
     async def _uplink_error(
@@ -294,11 +293,12 @@ class Handler:
     async def push_downlinks(
         self, app_id: str, device_id: str, body: bytes | dict[str, Any], replace: bool = False
     ) -> list[dict[str, Any]]:
-        """Check and queue downlinks; returns them with ids. Failures emit `downlink.failed` and raise."""
+        """Check and queue downlinks, delivering named ones at once; returns them with ids, in the order given.
+        Failures emit `downlink.failed` and raise."""
         try:
             request = await self._check_downlinks(app_id, device_id, body, replace)
             records = await self.db.run(
-                downlinks.enqueue,
+                downlinks.push,
                 app_id=app_id,
                 device_id=device_id,
                 downlinks=request,
@@ -316,17 +316,27 @@ class Handler:
             if isinstance(err, downlinks.QueueFull):
                 raise ValidationFailed([{"field": "downlinks", "message": message}]) from err
             raise
-        self._pending.add((app_id, device_id))
-        queued = []
+        await self._announce(app_id, device_id, records)
+        return [{"id": record.id, **record.body} for record in records]
+
+    async def _announce(self, app_id: str, device_id: str, records: list[QueuedDownlink]) -> None:
+        """Emit `down/queued` for each new downlink, in order; one recorded as sent (named: not held for an uplink)
+        is delivered right after, as class A delivers (`down/deliver`, `down/sent`)."""
+        if any(record.state == "queued" for record in records):
+            self._pending.add((app_id, device_id))
         for record in records:
-            queued.append({"id": record.id, **record.body})
             try:
                 await self.emit(
                     app_id, device_id, "down/queued", self._lifecycle(app_id, device_id, "queued", record.body)
                 )
-            except DatabaseUnavailable as err:  # queued all the same; only the event is missing
-                log.error("downlink %s queued, but its event was not logged: %s", record.id, err.detail)
-        return queued
+            except DatabaseUnavailable as err:  # stored all the same; only the event is missing
+                log.error("downlink %s stored, but its down/queued event was not logged: %s", record.id, err.detail)
+            if record.state != "sent":
+                continue
+            try:
+                await self._deliver(app_id, device_id, record, uplink_ids=[])
+            except DatabaseUnavailable as err:  # as when class A's delivery cannot be logged: it is lost
+                log.error("named downlink %s recorded as sent, but not delivered: %s", record.id, err.detail)
 
     async def _check_downlinks(
         self, app_id: str, device_id: str, body: bytes | dict[str, Any], replace: bool
@@ -365,6 +375,12 @@ class Handler:
             self._pending.discard((app_id, device_id))
         if record is None:
             return None
+        return await self._deliver(app_id, device_id, record, uplink_ids)
+
+    async def _deliver(
+        self, app_id: str, device_id: str, record: QueuedDownlink, uplink_ids: list[str]
+    ) -> dict[str, Any]:
+        """Emit `down/deliver` and `down/sent` for a downlink recorded as sent; returns what the device gets."""
         delivered = {"id": record.id, **record.body}
         # Logged like any event, so a broker that loses it gets it again (the queue no longer has it).
         await self.emit(app_id, device_id, "down/deliver", delivered)

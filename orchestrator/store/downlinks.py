@@ -58,14 +58,46 @@ def enqueue(
         waiting = len(queued(session, app_id, device_id))
     if waiting + len(downlinks) > limit:
         raise QueueFull(f"the queue of {device_id} holds {waiting} downlinks; at most {limit} are allowed")
-    records = []
-    for body in downlinks:
-        ident = uuid.uuid4().hex
-        body = {**body, "correlation_ids": [*body.get("correlation_ids", []), f"down:{ident}"]}
-        records.append(QueuedDownlink(id=ident, application_id=app_id, device_id=device_id, body=body))
+    records = [_record(app_id, device_id, body) for body in downlinks]
     session.add_all(records)
     session.flush()
     return records
+
+
+def record_sent(
+    session: Session, *, app_id: str, device_id: str, downlinks: list[dict[str, Any]]
+) -> list[QueuedDownlink]:
+    """Record downlinks that go to the device at once (named ones) as sent: never queued, so no uplink takes them
+    and no queue limit counts them; each gets an id and a correlation id, and can be acknowledged as any sent one."""
+    now = utcnow()
+    records = [_record(app_id, device_id, body, state="sent", sent_at=now) for body in downlinks]
+    session.add_all(records)
+    session.flush()
+    return records
+
+
+def push(
+    session: Session, *, app_id: str, device_id: str, downlinks: list[dict[str, Any]], replace: bool, limit: int
+) -> list[QueuedDownlink]:
+    """One push, in one transaction: the unnamed downlinks queued (or replacing the queue), the named ones recorded
+    as sent (their delivery is the caller's); returns them all in the order given."""
+    unnamed = [body for body in downlinks if "name" not in body]
+    named = [body for body in downlinks if "name" in body]
+    queued_now: list[QueuedDownlink] = []
+    if unnamed or replace:  # without unnamed ones a push leaves the queue alone, even a full one; a replace empties it
+        queued_now = enqueue(
+            session, app_id=app_id, device_id=device_id, downlinks=unnamed, replace=replace, limit=limit
+        )
+    sent_now = record_sent(session, app_id=app_id, device_id=device_id, downlinks=named)
+    queued_order, sent_order = iter(queued_now), iter(sent_now)
+    return [next(sent_order) if "name" in body else next(queued_order) for body in downlinks]
+
+
+def _record(app_id: str, device_id: str, body: dict[str, Any], **state: Any) -> QueuedDownlink:
+    """A new downlink row with its id, and the id as the correlation id `down:<id>` after the sender's."""
+    ident = uuid.uuid4().hex
+    body = {**body, "correlation_ids": [*body.get("correlation_ids", []), f"down:{ident}"]}
+    return QueuedDownlink(id=ident, application_id=app_id, device_id=device_id, body=body, **state)
 
 
 def take_next(session: Session, *, app_id: str, device_id: str) -> tuple[QueuedDownlink | None, int]:
@@ -87,7 +119,8 @@ def settle(
 ) -> tuple[QueuedDownlink, list[QueuedDownlink]]:
     """Record a device's answer (`acked` or `nacked`) to a confirmed downlink it was sent: the one named, or, as
     LoRaWAN's ACK bit means, the last one sent; a nacked one is queued again in the same transaction. Returns it
-    and what was queued again. The same answer twice (a retry, a message delivered twice) changes nothing.
+    and what was queued again (a named one: recorded as sent again, for the caller to deliver at once). The same
+    answer twice (a retry, a message delivered twice) changes nothing.
     NotAwaited when there is nothing to answer."""
     statement = (
         select(QueuedDownlink)
@@ -112,7 +145,7 @@ def settle(
     if outcome != "nacked":
         return item, []
     again = {key: value for key, value in item.body.items() if key != "correlation_ids"}
-    return item, enqueue(session, app_id=app_id, device_id=device_id, downlinks=[again], replace=False, limit=limit)
+    return item, push(session, app_id=app_id, device_id=device_id, downlinks=[again], replace=False, limit=limit)
 
 
 def expire(session: Session, *, ttl_seconds: int) -> list[QueuedDownlink]:

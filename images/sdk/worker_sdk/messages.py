@@ -21,6 +21,7 @@ from pydantic import (
 
 ID_PATTERN = r"^[a-z0-9](?:-?[a-z0-9]){2,35}$"
 EUI_PATTERN = r"^[0-9A-Fa-f]{16}$"
+DOWNLINK_NAME_PATTERN = r"^[A-Za-z0-9_\-/.:]{1,255}$"  # ASCII only: \w would let other alphabets in
 
 
 def _check_base64(value: str) -> str:
@@ -59,9 +60,16 @@ def _check_time(value: str) -> str:
     return value  # kept as written (The Things Stack writes nanoseconds)
 
 
+def _check_downlink_name(value: str) -> str:
+    if not re.fullmatch(DOWNLINK_NAME_PATTERN, value):
+        raise ValueError("must be 1 to 255 letters, digits, _, -, /, . or : (like hook-response/temp/0)")
+    return value
+
+
 Identifier = Annotated[str, AfterValidator(_check_identifier)]
 Timestamp = Annotated[str, AfterValidator(_check_time)]
 Eui = Annotated[str, AfterValidator(_check_eui)]
+DownlinkName = Annotated[str, AfterValidator(_check_downlink_name)]
 Priority = Literal["LOWEST", "LOW", "BELOW_NORMAL", "NORMAL", "ABOVE_NORMAL", "HIGH", "HIGHEST"]
 
 
@@ -100,6 +108,9 @@ class Downlink(BaseModel):
     confirmed: bool = False
     priority: Priority = "NORMAL"
     correlation_ids: list[str] = Field(default_factory=list, max_length=16)
+    # What the device recognises it by (Particle's `{device}/hook-response/{event}/{index}`); a named downlink is
+    # delivered at once instead of waiting for the device's next uplink.
+    name: DownlinkName | None = None
 
     @model_validator(mode="after")
     def _has_payload(self) -> Downlink:

@@ -1,4 +1,4 @@
-"""Mustache templates for requests: per-context escaping, typed JSON values, and the variables a template sees."""
+"""Mustache/Handlebars templates for requests: per-context escaping, typed JSON values, template variables."""
 
 from __future__ import annotations
 
@@ -13,36 +13,16 @@ from html import escape as html_escape
 from typing import Any
 from urllib.parse import quote
 
-import pystache
-from pystache.parser import ParsingError
-
 from worker_sdk import Event
 
+from .handlebars import Compiled, HandlebarsError
+
 # A JSON leaf that is a single tag, like "{{decoded_payload.temperature}}", keeps the value's JSON type.
-# `{{` (or `{{{`) with no `}}` after it before the next brace: a tag left open.
-UNCLOSED_TAG = re.compile(r"\{\{\{?+(?![^{}]*\}\})")
 SINGLE_TAG = re.compile(r"^\s*\{\{\{?\s*([\w.\-]+)\s*\}?\}\}\s*$")
 
 
 class TemplateError(ValueError):
     """A template does not parse; the message names where."""
-
-
-class IndexableList(list[Any]):
-    """A list whose items templates can reach by index: `{{rx_metadata.0.rssi}}`."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.isdigit() and int(name) < len(self):
-            return self[int(name)]
-        raise AttributeError(name)
-
-
-def _indexable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _indexable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return IndexableList(_indexable(item) for item in value)
-    return value
 
 
 def lookup(context: dict[str, Any], path: str) -> Any:
@@ -119,7 +99,7 @@ def build_context(event: Event, integration_id: str) -> dict[str, Any]:
         "message": payload,
     }
     context |= particle_variables(event, context)
-    return _indexable(context)
+    return context
 
 
 def event_name(event: Event) -> str:
@@ -211,13 +191,6 @@ def _js_number(value: float) -> str:
     return text
 
 
-class _JsRenderer(pystache.Renderer):
-    """pystache, printing values as JavaScript does (see js_text)."""
-
-    def str_coerce(self, val: Any) -> str:
-        return js_text(val)
-
-
 def _no_escape(text: str) -> str:
     return text
 
@@ -227,29 +200,25 @@ def _url_escape(text: str) -> str:
 
 
 class Template:
-    """One Mustache template, parsed once; `{{x}}` escapes for its context, `{{{x}}}` never does."""
+    """One Mustache/Handlebars template, parsed once; `{{x}}` escapes for its context, `{{{x}}}` never does;
+    values print as JavaScript prints them (js_text)."""
 
     def __init__(self, source: str, where: str, escape: Callable[[str], str] = _no_escape) -> None:
         self.source = source
         self.constant = "{{" not in source
-        self._renderer = _JsRenderer(escape=escape, missing_tags="ignore")
-        self._parsed: Any = None
+        self._escape = escape
+        self._compiled: Compiled | None = None
         if not self.constant:
-            unclosed = UNCLOSED_TAG.search(source)
-            if unclosed is not None:  # pystache would send it as text, which nobody means
-                raise TemplateError(
-                    f"{where}: invalid Mustache template: a tag opened at {unclosed.start()} is not closed"
-                )
             try:
-                self._parsed = pystache.parse(source, raise_on_mismatch=True)
-            except (ParsingError, KeyError, ValueError) as err:
-                raise TemplateError(f"{where}: invalid Mustache template: {err}") from err
+                self._compiled = Compiled(source)
+            except HandlebarsError as err:
+                raise TemplateError(f"{where}: invalid Mustache/Handlebars template: {err}") from err
 
     def render(self, context: dict[str, Any]) -> str:
         """Render with the given variables (missing ones render empty)."""
-        if self.constant:
+        if self._compiled is None:
             return self.source
-        return str(self._renderer.render(self._parsed, context))
+        return self._compiled.render(context, self._escape, js_text)
 
 
 def url_template(source: str, where: str) -> Template:
@@ -294,19 +263,10 @@ class JsonTemplate:
         kind, content = node
         if kind == "tag":
             value = lookup(context, content)
-            return _OMIT if value is None else _plain(value)
+            return _OMIT if value is None else value
         if kind == "text":
             return content.render(context)
         return content
-
-
-def _plain(value: Any) -> Any:
-    """Undo the template-only list wrapper so json.dumps sees ordinary values."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
 
 
 def parse_json_setting(text: str, where: str) -> Any:
