@@ -1,16 +1,19 @@
-"""Command line: `orchestrator serve` runs the service; `orchestrator templates validate` checks templates."""
+"""Command line: `orchestrator serve` runs the service; `orchestrator templates validate` checks templates;
+`orchestrator integrations import-particle` imports a Particle webhook through a running orchestrator's API."""
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
 import gc
+import json
 import logging
 import os
 import socket
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import click
 import uvicorn
@@ -258,6 +261,77 @@ def import_tts(source: Path, output: Path) -> None:
     click.echo(f"{imported} imported, {len(files) - imported - broken} not imported, {broken} broken")
     if broken:
         sys.exit(1)
+
+
+@main.group()
+def integrations() -> None:
+    """Work with a running orchestrator's integrations, through its API."""
+
+
+@integrations.command("import-particle")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--application", "-a", required=True, help="Id of the application to add the integration to")
+@click.option(
+    "--api-url",
+    envvar="ORCH_API_URL",
+    show_envvar=True,
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="The orchestrator's address",
+)
+@click.option(
+    "--key",
+    envvar="ORCH_API_KEY",
+    show_envvar=True,
+    required=True,
+    help="An application key with the manage scope, or the admin token",
+)
+def import_particle(file: Path, application: str, api_url: str, key: str) -> None:
+    """Create a webhook integration from a Particle webhook definition (the JSON file `particle webhook create`
+    takes). Prints the integration's id, or each refused field and why; exit 1 if refused, 2 if FILE is not
+    readable JSON."""
+    import requests  # only this command talks to an API
+
+    try:
+        definition = json.loads(file.read_bytes(), parse_constant=_not_json)
+    except OSError as err:
+        click.echo(f"{file}: cannot read it: {err.strerror or err}", err=True)
+        sys.exit(2)
+    except ValueError as err:  # not JSON, or not UTF-8
+        click.echo(f"{file}: not JSON: {err}", err=True)
+        sys.exit(2)
+    key = key.strip()
+    if not key.isascii() or not key.isprintable() or " " in key:  # requests would name the value in its error
+        click.echo("the key has characters no key or token has (spaces, control characters)", err=True)
+        sys.exit(2)
+    url = f"{api_url.rstrip('/')}/api/v1/applications/{quote(application, safe='')}/integrations/import/particle"
+    try:
+        response = requests.post(url, json=definition, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        answer: Any = response.json()
+    except requests.JSONDecodeError:  # e.g. a proxy's page, or the plain-text 413
+        answer = None
+    except requests.RequestException as err:
+        click.echo(f"cannot reach the orchestrator at {api_url}: {err}", err=True)
+        sys.exit(1)
+    if response.status_code == 201 and isinstance(answer, dict):
+        state = "enabled" if answer.get("enabled") else "disabled"
+        click.echo(f"created: integration {answer.get('id')} in {application} ({state})")
+        if answer.get("downlink_api_key"):
+            click.echo(f"downlink key (shown this once): {answer['downlink_api_key']}")
+        return
+    if isinstance(answer, dict) and isinstance(answer.get("errors"), list):
+        for problem in answer["errors"]:
+            click.echo(f"refused: {problem.get('field')}: {problem.get('message')}", err=True)
+    elif isinstance(answer, dict) and "detail" in answer:
+        click.echo(f"failed: {response.status_code} {answer.get('title', '')}: {answer['detail']}", err=True)
+    else:
+        click.echo(f"failed: {response.status_code} {response.text[:200]}", err=True)
+    sys.exit(1)
+
+
+def _not_json(constant: str) -> None:
+    """Python reads NaN and Infinity, which JSON (and the API) does not have."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 if __name__ == "__main__":

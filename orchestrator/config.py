@@ -78,7 +78,10 @@ class HandlerSettings(BaseModel):
     )
     downlink_queue_size: int = Field(16, ge=1, le=256)
     downlink_ttl_seconds: int = Field(86400, ge=1, description="Queued downlinks fail after this")
-    max_downlink_bytes: int = Field(242, ge=1)
+    max_downlink_bytes: int = Field(242, ge=1, description="A LoRaWAN downlink's payload (class A, unnamed)")
+    max_named_downlink_bytes: int = Field(
+        1024, ge=1, description="A named downlink's payload: an event for a connected device (Particle: 1024)"
+    )
     max_message_bytes: int = Field(
         131_072, ge=1024, le=16_777_216, description="Uplinks and downlink requests larger than this are refused"
     )

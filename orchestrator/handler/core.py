@@ -359,12 +359,14 @@ class Handler:
         if named != device_id:
             message = f"names device {named!r}, but the request is for {device_id!r}"
             raise ValidationFailed([{"field": "end_device_ids.device_id", "message": message}])
-        limit = self.settings.max_downlink_bytes
-        problems = [
-            {"field": f"downlinks.{index}.frm_payload", "message": f"{size} bytes; at most {limit} fit"}
-            for index, size in enumerate(item.payload_size() for item in request.downlinks)
-            if size > limit
-        ]
+        problems = []
+        for index, item in enumerate(request.downlinks):
+            # A named downlink goes to a connected device (Particle's events), not over LoRaWAN's radio.
+            limit = self.settings.max_named_downlink_bytes if item.name else self.settings.max_downlink_bytes
+            if (size := item.payload_size()) > limit:
+                problems.append(
+                    {"field": f"downlinks.{index}.frm_payload", "message": f"{size} bytes; at most {limit} fit"}
+                )
         if problems:
             raise ValidationFailed(problems)
         return [item.model_dump(exclude_none=True) for item in request.downlinks]

@@ -255,3 +255,36 @@ def test_a_particle_definition_renders_a_named_event_as_particle_would() -> None
 
 def event_for(payload: dict[str, Any]) -> Event:
     return Event("uplink", "t", "app-1", "dev-1", payload)
+
+
+PUBLISH: dict[str, Any] = {
+    "end_device_ids": {"device_id": "photon-1", "application_ids": {"application_id": "app-1"}},
+    "correlation_ids": ["pub:1"],
+    "received_at": "2026-01-02T03:04:05Z",
+    "publish": {"name": "temp", "data": "21.5", "ttl": 60, "private": True, "published_at": "2026-01-02T03:04:05Z"},
+}
+DEFAULTS = {"event": ["temp"], "data": ["21.5"], "published_at": ["2026-01-02T03:04:05Z"], "coreid": ["photon-1"]}
+
+
+def built_for_publish(**settings: Any) -> Any:
+    named = Event("publish", "v3/app-1/devices/photon-1/publish", "app-1", "photon-1", PUBLISH, None)
+    builder = RequestBuilder(WebhookSettings(url="https://example.com/hook", **settings))
+    return builder.build(named, build_context(named, "hook"), json.dumps(PUBLISH).encode())
+
+
+def test_particle_default_fields_go_where_particle_puts_them() -> None:
+    """Without a body they are the form body; with a form they join it (its own fields win); a GET carries them
+    in its query; noDefaults (particle_defaults off) or a JSON body leaves them out."""
+    alone = built_for_publish(body_format="none", particle_defaults=True)
+    assert alone.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert parse_qs(alone.body.decode()) == DEFAULTS
+    joined = built_for_publish(
+        body_format="form", body='{"data": "{{PARTICLE_EVENT_VALUE}}0", "x": "1"}', particle_defaults=True
+    )
+    assert parse_qs(joined.body.decode()) == {**DEFAULTS, "data": ["21.50"], "x": ["1"]}
+    query = built_for_publish(method="GET", body_format="none", query='{"k": "v"}', particle_defaults=True)
+    assert parse_qs(urlsplit(query.url).query) == {**DEFAULTS, "k": ["v"]} and query.body is None
+    assert built_for_publish(body_format="none").body is None
+    assert "coreid" not in json.loads(
+        built_for_publish(body_format="json", body='{"a": 1}', particle_defaults=True).body
+    )

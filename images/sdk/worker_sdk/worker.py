@@ -181,6 +181,10 @@ class Worker:
         """Deliver one event; return details for the delivery history, raise Retryable/PermanentError."""
         raise NotImplementedError
 
+    async def failed(self, event: Event, reason: str, details: dict[str, Any]) -> None:
+        """An event failed for good (refused, or retried too long), just before it becomes a dead letter: to
+        tell the device, as Particle's error response topic does."""
+
     async def on_device_event(self, name: str, device: Device) -> None:
         """React to a registry change (`device.create|update|delete`): sync it to the platform (replica 0 only)."""
 
@@ -513,6 +517,7 @@ class Worker:
             self.counters.failed += 1
             reason = f"gave up after retrying for {max_duration:.0f} s: {err.message}"
             await self.report("error", reason, **ids, **err.details)
+            await self._tell_failed(event, reason, err.details)
             attempts = retrying.statistics.get("attempt_number", 1) + 1
             await self._dead_letter(event.topic, event.raw, event.name, event.device_id, reason, err.details, attempts)
             return
@@ -531,7 +536,16 @@ class Worker:
             log.error("unexpected error handling %s", event.topic, exc_info=err)
             reason = f"unexpected error: {err!r}"
         await self.report("error", reason, **ids, **details)
+        await self._tell_failed(event, reason, details)
         await self._dead_letter(event.topic, event.raw, event.name, event.device_id, reason, details, attempts)
+
+    async def _tell_failed(self, event: Event, reason: str, details: dict[str, Any]) -> None:
+        """Run the image's failed() hook; its own failure is reported, and never stops the dead letter."""
+        try:
+            await self.failed(event, self.redactor.text(reason), self.redactor.data(details))
+        except Exception as err:  # the message must still be parked
+            log.error("the failed() hook raised for %s", event.topic, exc_info=err)
+            await self.report("error", f"could not tell the device of a failure: {err!r}", device_id=event.device_id)
 
     async def _dead_letter(
         self, topic: str, raw: bytes, name: str, device_id: str, reason: str, details: dict[str, Any], attempts: int

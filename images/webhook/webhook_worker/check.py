@@ -3,6 +3,7 @@ runs on a configuration before it accepts one (one code path, so validation equa
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from .config import WebhookSettings
 from .render import Template, TemplateError
 from .request import RequestBuilder
 
+TOPIC_TEXT = re.compile(r"[A-Za-z0-9_\-/.:]+")
+
 
 @dataclass
 class Prepared:
@@ -23,6 +26,8 @@ class Prepared:
 
     builder: RequestBuilder
     response_template: Template
+    response_topic: Template | None  # Particle's topics: None when the device gets no answer that way
+    error_topic: Template | None
     ssl_context: ssl.SSLContext | bool
 
 
@@ -35,9 +40,19 @@ def prepare(settings: WebhookSettings, policy: OutboundPolicy) -> Prepared:
     try:
         builder = RequestBuilder(settings, policy)
         response_template = Template(settings.response_template, "WEBHOOK_RESPONSE_TEMPLATE")
+        response_topic = _topic(settings.response_topic, "WEBHOOK_RESPONSE_TOPIC")
+        error_topic = _topic(settings.error_response_topic, "WEBHOOK_ERROR_RESPONSE_TOPIC")
     except TemplateError as err:
         raise ConfigurationError([str(err)]) from err
-    return Prepared(builder, response_template, _ssl_context(settings))
+    return Prepared(builder, response_template, response_topic, error_topic, _ssl_context(settings))
+
+
+def _topic(source: str, where: str) -> Template | None:
+    if not source.strip():
+        return None
+    if not TOPIC_TEXT.fullmatch(re.sub(r"\{\{\{?.*?\}?\}\}", "x", source, flags=re.DOTALL)):
+        raise TemplateError(f"{where}: a topic is letters, digits, _, -, /, . and : (and variables)")
+    return Template(source, where)
 
 
 def _ssl_context(settings: WebhookSettings) -> ssl.SSLContext | bool:

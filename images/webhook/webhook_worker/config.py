@@ -34,6 +34,18 @@ class WebhookSettings(ImageSettings):
     auth_header: str = "Authorization"
     auth_scheme: str = "Bearer"
     response_template: str = Field("", description="Renders the response into a downlink; empty: none")
+    response_topic: str = Field(
+        "", description="Particle's responseTopic: the answer goes to the device as named downlinks TOPIC/0, TOPIC/1"
+    )
+    error_response_topic: str = Field(
+        "", description="Particle's errorResponseTopic: a failure goes to the device as a named downlink TOPIC/0"
+    )
+    response_too_long: Literal["split", "refuse"] = Field(
+        "split", description="An answer over 512 bytes: split into 512-byte parts, or refused (an error event)"
+    )
+    particle_defaults: bool = Field(
+        False, description="Add Particle's default form fields event, data, published_at, coreid (not noDefaults)"
+    )
     downlink_f_port: int = Field(1, ge=1, le=223)
     downlink_confirmed: bool = False
     timeout_seconds: float = Field(10.0, gt=0, le=300)

@@ -110,6 +110,11 @@ class RequestBuilder:
             "form": "application/x-www-form-urlencoded",
             "raw": settings.content_type,
         }.get(settings.body_format)
+        # Particle's default fields go in the query of a GET or DELETE, else in a form body (none, or form's own).
+        self.particle_defaults = settings.particle_defaults
+        self.defaults_in_query = settings.particle_defaults and settings.method in ("GET", "DELETE")
+        if settings.particle_defaults and not self.defaults_in_query and settings.body_format == "none":
+            self.content_type = "application/x-www-form-urlencoded"
         self.downlink: tuple[str, str] | None = None  # (key, URL) the target pushes downlinks back with
         self.auth_header: tuple[str, str] | None = None
         token = settings.auth_token.get_secret_value()
@@ -124,7 +129,8 @@ class RequestBuilder:
         """False when nothing is templated: the event is then forwarded without building variables."""
         templates = [self.url, *self.paths.values(), *self.headers.values(), *self.query.values()]
         templates += self.secret_headers.values()
-        return any(not t.constant for t in templates) or self.body_json is not None or self.body_raw is not None
+        templated = any(not t.constant for t in templates) or self.particle_defaults
+        return templated or self.body_json is not None or self.body_raw is not None
 
     def build(self, event: Event, context: dict[str, Any], raw_message: bytes) -> OutgoingRequest:
         """Render the request for one event."""
@@ -138,6 +144,8 @@ class RequestBuilder:
         if refused is not None:
             raise InvalidRequest(f"the outbound policy closes {parts.hostname}: {refused}")
         params = {name: template.render(context) for name, template in self.query.items()}
+        if self.defaults_in_query:
+            params = {**default_fields(context), **params}
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)
         headers = {"User-Agent": USER_AGENT}
@@ -177,11 +185,25 @@ class RequestBuilder:
         if self.body_json is not None:
             value = self.body_json.render(context)
             if self.body_format == "form":
+                if self.particle_defaults and not self.defaults_in_query:
+                    value = {**default_fields(context), **value}
                 return urlencode({key: _form_value(item) for key, item in value.items()}).encode()
             return json.dumps(value, separators=(",", ":")).encode()
         if self.body_raw is not None:
             return self.body_raw.render(context).encode()
+        if self.particle_defaults and not self.defaults_in_query:
+            return urlencode(default_fields(context)).encode()
         return None
+
+
+def default_fields(context: dict[str, Any]) -> dict[str, str]:
+    """The fields Particle sends unless a webhook says noDefaults: event, data, published_at, coreid."""
+    return {
+        "event": context["PARTICLE_EVENT_NAME"],
+        "data": context["PARTICLE_EVENT_VALUE"],
+        "published_at": context["PARTICLE_PUBLISHED_AT"],
+        "coreid": context["PARTICLE_DEVICE_ID"],
+    }
 
 
 def join_path(base: str, path: str) -> str:

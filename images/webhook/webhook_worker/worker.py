@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -13,17 +14,20 @@ from typing import Any
 import aiohttp
 
 from worker_sdk import Event, PermanentError, RetryableError, Worker
+from worker_sdk.messages import InvalidDownlink, validate_downlinks
 from worker_sdk.outbound import OutboundPolicy
 from worker_sdk.redact import Redactor
 
 from .check import prepare
 from .config import WebhookSettings, split_names
-from .render import build_context, event_name
+from .render import Template, build_context, event_name
 from .request import InvalidRequest, OutgoingRequest, response_downlinks
 
 EXCERPT_CHARS = 300
 MAX_RESPONSE_BYTES = 64 * 1024
 RETRYABLE_STATUS = {408, 425, 429}
+PART_BYTES = 512  # Particle's part size for answers to the device
+MAX_PARTS = 16  # downlinks the handler takes in one push
 
 
 def excerpt(data: bytes | str | None) -> str:
@@ -88,7 +92,9 @@ class WebhookWorker(Worker):
         if self.handler.downlink_api_key and self.handler.downlink_url:
             self.builder.downlink = (self.handler.downlink_api_key.get_secret_value(), self.handler.downlink_url)
         self.response_template = prepared.response_template
-        self.needs_context = self.builder.needs_context or bool(self.settings.response_template)
+        self.response_topic, self.error_topic = prepared.response_topic, prepared.error_topic
+        answers = bool(self.settings.response_template) or self.response_topic or self.error_topic
+        self.needs_context = self.builder.needs_context or bool(answers)
         self.ssl_context = prepared.ssl_context
 
     async def setup(self) -> None:
@@ -135,9 +141,64 @@ class WebhookWorker(Worker):
             if status >= 500 or status in RETRYABLE_STATUS:
                 raise RetryableError(message, retry_after=retry_after, **details)
             raise PermanentError(message, **details)
-        if self.settings.response_template:
+        if self.response_topic is not None:
+            await self._answer_on_topic(self.response_topic, event, context, status, body)
+        elif self.settings.response_template:
             await self._answer_with_downlinks(event, context, status, body)
         return details
+
+    async def failed(self, event: Event, reason: str, details: dict[str, Any]) -> None:
+        """Particle's error response topic: the device hears of a failure (status and the start of the answer)."""
+        if self.error_topic is None:
+            return
+        response = details.get("response") or {}
+        text = f"HTTP {response['status']}: {response.get('body', '')}" if response.get("status") else reason
+        context = build_context(event, self.integration_id)
+        await self._send_parts(event, self.error_topic.render(context), text.encode()[:PART_BYTES])
+
+    async def _answer_on_topic(
+        self, topic: Template, event: Event, context: dict[str, Any], status: int, body: str
+    ) -> None:
+        """Particle's response topic: the answer (rendered by the response template, if any) in 512-byte parts."""
+        answer = (
+            self.response_template.render(_with_response(context, status, body))
+            if self.settings.response_template
+            else body
+        )
+        data = answer.encode()
+        if not data:
+            return
+        parts = -(-len(data) // PART_BYTES)
+        too_long = parts > MAX_PARTS or (parts > 1 and self.settings.response_too_long == "refuse")
+        if too_long:
+            limit = PART_BYTES * (MAX_PARTS if self.settings.response_too_long == "split" else 1)
+            message = (
+                f"the answer for the device is {len(data)} bytes; at most {limit} go back "
+                f"(WEBHOOK_RESPONSE_TOO_LONG={self.settings.response_too_long})"
+            )
+            await self.report("error", message, device_id=event.device_id, correlation_ids=event.correlation_ids)
+            if self.error_topic is not None:
+                await self._send_parts(event, self.error_topic.render(context), message.encode()[:PART_BYTES])
+            return
+        await self._send_parts(event, topic.render(context), data)
+
+    async def _send_parts(self, event: Event, topic: str, data: bytes) -> None:
+        """Named downlinks TOPIC/0, TOPIC/1, ... of at most 512 bytes each, delivered at once by the handler."""
+        items = [
+            {
+                "name": f"{topic}/{index}",
+                "f_port": self.settings.downlink_f_port,
+                "frm_payload": base64.b64encode(data[start : start + PART_BYTES]).decode(),
+                "correlation_ids": event.correlation_ids,
+            }
+            for index, start in enumerate(range(0, len(data), PART_BYTES))
+        ]
+        try:
+            downlinks = validate_downlinks(items)
+        except InvalidDownlink as err:
+            await self.report("error", f"no answer for the device on {topic!r}: {err}", device_id=event.device_id)
+            return
+        await self.push_downlinks(event.device_id, downlinks)
 
     async def _send(self, request: OutgoingRequest) -> tuple[int, str, int, float | None]:
         """Send the request: status, body (first 64 KiB), duration in ms, and Retry-After seconds."""
@@ -180,12 +241,7 @@ class WebhookWorker(Worker):
         return status, data.decode("utf-8", "replace"), duration_ms, retry_after
 
     async def _answer_with_downlinks(self, event: Event, context: dict[str, Any], status: int, body: str) -> None:
-        try:
-            parsed: Any = json.loads(body) if body else None
-        except ValueError:
-            parsed = None
-        context = {**context, "response": {"status": status, "body": body, "json": parsed}}
-        rendered = self.response_template.render(context)
+        rendered = self.response_template.render(_with_response(context, status, body))
         downlinks, problems = response_downlinks(
             rendered, self.settings.downlink_f_port, self.settings.downlink_confirmed
         )
@@ -200,3 +256,12 @@ class WebhookWorker(Worker):
             for downlink in downlinks:
                 downlink["correlation_ids"] = [*downlink.get("correlation_ids", []), *event.correlation_ids]
             await self.push_downlinks(event.device_id, downlinks)
+
+
+def _with_response(context: dict[str, Any], status: int, body: str) -> dict[str, Any]:
+    """The variables of a response template: the event's, and `response` (status, body, and json if it is)."""
+    try:
+        parsed: Any = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+    return {**context, "response": {"status": status, "body": body, "json": parsed}}

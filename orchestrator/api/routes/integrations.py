@@ -1,12 +1,16 @@
-"""Integrations: create from a template, configure, pause, restart, watch (status, logs, activity)."""
+"""Integrations: create from a template (or from a Particle webhook definition), configure, pause, restart, watch
+(status, logs, activity)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Body, Query, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from ...errors import ValidationFailed
 from ...runtime.base import WorkerState
 from ...schemas import (
     ActivityPublic,
@@ -19,10 +23,12 @@ from ...schemas import (
     TestOutcome,
     ValidationResult,
 )
+from ...templates import particle
 from ..deps import MAX_OFFSET, PrincipalDep, ServicesDep
 from ..responses import page_answer
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/integrations", tags=["integrations"])
+log = logging.getLogger(__name__)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=IntegrationCreated)
@@ -41,6 +47,31 @@ async def validate_integration(
     """Check a configuration without creating anything: every problem, field by field."""
     who.require(app_id, "manage")
     return await services.integrations.validate(app_id, body)
+
+
+@router.post(
+    "/import/particle",
+    status_code=status.HTTP_201_CREATED,
+    response_model=IntegrationCreated,
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": particle.DEFINITION_SCHEMA, "example": particle.EXAMPLE}}
+        }
+    },
+)
+async def import_particle_webhook(
+    app_id: str, definition: Annotated[dict[str, Any], Body()], services: ServicesDep, who: PrincipalDep
+) -> IntegrationCreated:
+    """Create a webhook integration from a Particle webhook definition (the JSON `particle webhook create` takes);
+    a 422 names each Particle field it cannot take."""
+    who.require(app_id, "manage")
+    imported = particle.convert(definition)
+    try:
+        created = await services.integrations.create(app_id, imported.request)
+    except ValidationFailed as err:  # the template's and the image's checks, said in the definition's terms
+        raise particle.in_particle_terms(err, imported) from err
+    log.info("Particle webhook imported as %s/%s: %s", app_id, created.id, "; ".join(imported.notes) or "as is")
+    return created
 
 
 @router.get("", response_model=Page[IntegrationPublic])

@@ -1,0 +1,91 @@
+"""A webhook written for Particle: named events under its prefix fire it with Particle's variables and default
+form fields; the device gets the answer back at once in 512-byte parts, and an error answer on its error topic."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from urllib.parse import parse_qs
+
+from tests.support.mqtt import MqttProbe
+from tests.support.orchestrator import RunningOrchestrator
+from tests.support.sink import HttpSink, Received
+from tests.support.waiting import wait_for
+
+APP = "photon-hooks"
+LONG_ANSWER = "".join(f"line {number:04d} of the forecast\n" for number in range(45)).encode()  # 1,125 bytes
+
+
+def test_a_particle_webhook_fires_for_its_prefix_and_answers_the_device(
+    orchestrator: RunningOrchestrator, sink: HttpSink
+) -> None:
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "photon-1")
+    key = orchestrator.create_key(APP, "uplinks:write")
+    device = MqttProbe(orchestrator.mqtt_url, ".".join(key.split(".")[:2]), key)
+    device.subscribe(f"v3/{APP}/devices/photon-1/down/deliver")
+    seen: list[Received] = []
+    lock = threading.Lock()
+
+    def answer(request: Received) -> tuple[int, dict[str, str], bytes]:
+        with lock:
+            seen.append(request)
+        if request.path.endswith("/tempx"):
+            return 400, {"Content-Type": "application/json"}, b'{"error": "reading out of range"}'
+        return 200, {"Content-Type": "text/plain"}, LONG_ANSWER
+
+    sink.responder = answer
+    config = {
+        "url": sink.url + "/hook/{{PARTICLE_EVENT_NAME}}",
+        "events": "publish",
+        "event_prefix": "temp",
+        "body_format": "none",
+        "particle_defaults": True,  # Particle's form fields, as a webhook without noDefaults sends them
+        "headers": {
+            "X-Spark-Core": "{{SPARK_CORE_ID}}",
+            "X-Reading": "{{#if PARTICLE_EVENT_VALUE}}{{PARTICLE_EVENT_VALUE}}{{else}}none{{/if}}",
+        },
+        "response_topic": "{{PARTICLE_DEVICE_ID}}/hook-response/{{PARTICLE_EVENT_NAME}}",
+        "error_response_topic": "{{PARTICLE_DEVICE_ID}}/hook-error/{{PARTICLE_EVENT_NAME}}",
+        "retry_max_duration_seconds": 5,
+    }
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config=config)
+    orchestrator.wait_state(APP, "hook", "running")
+
+    for name, data in [("temp", "21.5"), ("tempx", "99"), ("hum", "40")]:
+        device.publish(f"v3/{APP}/devices/photon-1/publish/push", {"name": name, "data": data})
+
+    wait_for(lambda: len(seen) >= 2, what="the webhook's two requests")
+    requests = {request.path: request for request in seen}
+    assert set(requests) == {"/hook/temp", "/hook/tempx"}  # hum is not under the prefix
+    form = {name: values[0] for name, values in parse_qs(requests["/hook/temp"].body.decode()).items()}
+    assert set(form) == {"event", "data", "published_at", "coreid"}
+    assert (form["event"], form["data"], form["coreid"]) == ("temp", "21.5", "photon-1")
+    assert form["published_at"].endswith("Z")
+    assert requests["/hook/temp"].headers["content-type"] == "application/x-www-form-urlencoded"
+    assert requests["/hook/tempx"].headers["x-spark-core"] == "photon-1"
+    assert requests["/hook/tempx"].headers["x-reading"] == "99"
+
+    # No uplink needed: the answer comes back at once, in parts, and the error on the error topic.
+    delivered = [body for _, body in device.collect(4, topic_suffix="/down/deliver")]
+    named = {body["name"]: base64.b64decode(body["frm_payload"]) for body in delivered}
+    assert sorted(named) == [
+        "photon-1/hook-error/tempx/0",
+        "photon-1/hook-response/temp/0",
+        "photon-1/hook-response/temp/1",
+        "photon-1/hook-response/temp/2",
+    ]
+    parts = [named[f"photon-1/hook-response/temp/{index}"] for index in range(3)]
+    assert [len(part) for part in parts] == [512, 512, len(LONG_ANSWER) - 1024]
+    assert b"".join(parts) == LONG_ANSWER
+    assert named["photon-1/hook-error/tempx/0"] == b'HTTP 400: {"error": "reading out of range"}'
+    order = [body["name"] for body in delivered if "hook-response" in body["name"]]
+    assert order == sorted(order)  # parts arrive in order
+
+    counters = wait_for(
+        lambda: (c := orchestrator.integration(APP, "hook")["counters"])["failed"] >= 1 and c, what="counters"
+    )
+    assert counters["delivered"] == 1 and counters["failed"] == 1
+    letters = orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/hook/dead-letters", 200).json()
+    assert [item["message"]["publish"]["name"] for item in letters["items"]] == ["tempx"]  # kept, to replay
+    device.close()
