@@ -32,6 +32,8 @@ def test_a_particle_webhook_fires_for_its_prefix_and_answers_the_device(
             seen.append(request)
         if request.path.endswith("/tempx"):
             return 400, {"Content-Type": "application/json"}, b'{"error": "reading out of range"}'
+        if request.path.endswith("/temperature"):
+            return 200, {"Content-Type": "application/json"}, b'{"forecast": {"max": 25.5}, "ok": true}'
         return 200, {"Content-Type": "text/plain"}, LONG_ANSWER
 
     sink.responder = answer
@@ -46,18 +48,21 @@ def test_a_particle_webhook_fires_for_its_prefix_and_answers_the_device(
             "X-Reading": "{{#if PARTICLE_EVENT_VALUE}}{{PARTICLE_EVENT_VALUE}}{{else}}none{{/if}}",
         },
         "response_topic": "{{PARTICLE_DEVICE_ID}}/hook-response/{{PARTICLE_EVENT_NAME}}",
+        # Particle's responseTemplate sees the JSON answer's keys; the answers that are not JSON go as they came.
+        "response_template": "{{#if ok}}max {{forecast.max}} for {{PARTICLE_EVENT_NAME}}"
+        "{{else}}{{{response.body}}}{{/if}}",
         "error_response_topic": "{{PARTICLE_DEVICE_ID}}/hook-error/{{PARTICLE_EVENT_NAME}}",
         "retry_max_duration_seconds": 5,
     }
     orchestrator.create_integration(APP, id="hook", template_id="webhook", config=config)
     orchestrator.wait_state(APP, "hook", "running")
 
-    for name, data in [("temp", "21.5"), ("tempx", "99"), ("hum", "40")]:
+    for name, data in [("temp", "21.5"), ("tempx", "99"), ("hum", "40"), ("temperature", "20")]:
         device.publish(f"v3/{APP}/devices/photon-1/publish/push", {"name": name, "data": data})
 
-    wait_for(lambda: len(seen) >= 2, what="the webhook's two requests")
+    wait_for(lambda: len(seen) >= 3, what="the webhook's three requests")
     requests = {request.path: request for request in seen}
-    assert set(requests) == {"/hook/temp", "/hook/tempx"}  # hum is not under the prefix
+    assert set(requests) == {"/hook/temp", "/hook/tempx", "/hook/temperature"}  # hum is not under the prefix
     form = {name: values[0] for name, values in parse_qs(requests["/hook/temp"].body.decode()).items()}
     assert set(form) == {"event", "data", "published_at", "coreid"}
     assert (form["event"], form["data"], form["coreid"]) == ("temp", "21.5", "photon-1")
@@ -67,25 +72,27 @@ def test_a_particle_webhook_fires_for_its_prefix_and_answers_the_device(
     assert requests["/hook/tempx"].headers["x-reading"] == "99"
 
     # No uplink needed: the answer comes back at once, in parts, and the error on the error topic.
-    delivered = [body for _, body in device.collect(4, topic_suffix="/down/deliver")]
+    delivered = [body for _, body in device.collect(5, topic_suffix="/down/deliver")]
     named = {body["name"]: base64.b64decode(body["frm_payload"]) for body in delivered}
     assert sorted(named) == [
         "photon-1/hook-error/tempx/0",
         "photon-1/hook-response/temp/0",
         "photon-1/hook-response/temp/1",
         "photon-1/hook-response/temp/2",
+        "photon-1/hook-response/temperature/0",
     ]
     parts = [named[f"photon-1/hook-response/temp/{index}"] for index in range(3)]
     assert [len(part) for part in parts] == [512, 512, len(LONG_ANSWER) - 1024]
     assert b"".join(parts) == LONG_ANSWER
     assert named["photon-1/hook-error/tempx/0"] == b'HTTP 400: {"error": "reading out of range"}'
-    order = [body["name"] for body in delivered if "hook-response" in body["name"]]
+    assert named["photon-1/hook-response/temperature/0"] == b"max 25.5 for temperature"
+    order = [body["name"] for body in delivered if "hook-response/temp/" in body["name"]]
     assert order == sorted(order)  # parts arrive in order
 
     counters = wait_for(
         lambda: (c := orchestrator.integration(APP, "hook")["counters"])["failed"] >= 1 and c, what="counters"
     )
-    assert counters["delivered"] == 1 and counters["failed"] == 1
+    assert counters["delivered"] == 2 and counters["failed"] == 1
     letters = orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/hook/dead-letters", 200).json()
     assert [item["message"]["publish"]["name"] for item in letters["items"]] == ["tempx"]  # kept, to replay
     device.close()

@@ -4,6 +4,7 @@ templates keep working, and whatever the subset does not have is refused when th
 from __future__ import annotations
 
 import pytest
+
 from webhook_worker.render import Template, TemplateError, html_template, url_template
 
 READING = {

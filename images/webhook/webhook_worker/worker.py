@@ -160,11 +160,11 @@ class WebhookWorker(Worker):
         self, topic: Template, event: Event, context: dict[str, Any], status: int, body: str
     ) -> None:
         """Particle's response topic: the answer (rendered by the response template, if any) in 512-byte parts."""
-        answer = (
-            self.response_template.render(_with_response(context, status, body))
-            if self.settings.response_template
-            else body
-        )
+        # As on Particle, the keys of a JSON answer are variables of the response template ({{temp}}).
+        variables = _with_response(context, status, body)
+        if isinstance(variables["response"]["json"], dict):
+            variables = {**variables, **variables["response"]["json"], "response": variables["response"]}
+        answer = self.response_template.render(variables) if self.settings.response_template else body
         data = answer.encode()
         if not data:
             return
