@@ -231,7 +231,8 @@ class Handler:
                 )
                 content = settled.body
         except (downlinks.NotAwaited, downlinks.QueueFull) as err:
-            error = UplinkRejected(f"invalid {kind}/push: {err}", [{"field": "id", "message": str(err)}])
+            field = "downlinks" if isinstance(err, downlinks.QueueFull) else "id"  # a nack's re-queue found it full
+            error = UplinkRejected(f"invalid {kind}/push: {err}", [{"field": field, "message": str(err)}])
             await self._uplink_error(app_id, device_id, error, body, request=f"{kind}/push")
             raise error from err
         except (UplinkRejected, NotFoundError) as err:

@@ -172,3 +172,20 @@ def read_stream(orchestrator: RunningOrchestrator, count: int, prefix: str) -> l
             if len(events) >= count:
                 break
     return events
+
+
+def test_a_nack_that_finds_the_queue_full_is_refused_naming_the_queue_and_can_come_again(
+    orchestrator: RunningOrchestrator, device: MqttProbe
+) -> None:
+    confirmed = {"f_port": 2, "frm_payload": "AQ==", "confirmed": True}
+    orchestrator.call("POST", DOWNLINKS, 201, json={"downlinks": [confirmed]})
+    sent = orchestrator.uplink(APP, DEVICE, {"f_port": 1})["downlink"]
+    full = [{"f_port": 3, "frm_payload": "Aw=="} for _ in range(16)]
+    orchestrator.call("POST", DOWNLINKS, 201, json={"downlinks": full})
+    reports = f"/api/v1/applications/{APP}/devices/{DEVICE}/reports"
+    refused = orchestrator.call("POST", f"{reports}/downlink-nack", 422, json={"id": sent["id"]}).json()
+    assert refused["errors"][0]["field"] == "downlinks" and "at most 16" in refused["errors"][0]["message"]
+    orchestrator.call("POST", f"{DOWNLINKS}?replace=true", 201, json={"downlinks": []})  # the queue empties
+    orchestrator.call("POST", f"{reports}/downlink-nack", 201, json={"id": sent["id"]})  # nothing was lost
+    queue = orchestrator.call("GET", DOWNLINKS, 200).json()["downlinks"]
+    assert [(item["frm_payload"], item["confirmed"]) for item in queue] == [("AQ==", True)]
