@@ -9,6 +9,7 @@ SCENARIOS = [
     "ingest",
     "accounts",
     "webhook",
+    "templates",
     "scale_out",
     "startup",
     "control_plane",
