@@ -199,3 +199,24 @@ def test_runs_as_a_container(
     finally:
         orch.stop()
         remove_all(engine, orch)
+
+
+def test_named_events_are_selected_by_prefix_and_device(
+    orchestrator: RunningOrchestrator, pubsub_emulator: PubSubEmulator, names: dict[str, Any]
+) -> None:
+    """As a Particle user selects: only `temp…` events of photon-1 reach the topic; the rest is left alone."""
+    orchestrator.create_application(APP)
+    for device in ("photon-1", "photon-2"):
+        orchestrator.create_device(APP, device)
+    create(orchestrator, pubsub_emulator, names, events="publish", event_prefix="temp", devices="photon-1")
+    orchestrator.wait_state(APP, "pubsub", "running")
+    path = f"/api/v1/applications/{APP}/devices/{{}}/reports/publish"
+    for device, name in [("photon-1", "hum"), ("photon-2", "temp"), ("photon-1", "temperature"), ("photon-1", "temp")]:
+        orchestrator.call("POST", path.format(device), 201, json={"name": name, "data": "1"})
+    messages = pull(names["subscriber"], names["reader"], 2)
+    assert sorted(json.loads(m.data)["publish"]["name"] for m in messages) == ["temp", "temperature"]
+    assert {m.attributes["device_id"] for m in messages} == {"photon-1"}
+    counters = wait_for(
+        lambda: (c := orchestrator.integration(APP, "pubsub")["counters"])["delivered"] >= 2 and c, what="counters"
+    )
+    assert counters["delivered"] == 2  # what it left alone (sent first) is not counted

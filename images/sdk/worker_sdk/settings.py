@@ -74,6 +74,10 @@ class WorkerSettings(BaseSettings):
     dedupe_window: int = Field(
         50_000, ge=0, description="Messages remembered to recognise copies delivered again (0: none)"
     )
+    event_prefix: str = Field(
+        "", description="Only events whose name starts with this (a named event's name, else the event's own)"
+    )
+    devices: str = Field("", description="Comma-separated device ids: only their events; empty: every device")
     health_file: str = "/tmp/worker-health"
     log_level: str = "INFO"
 

@@ -72,6 +72,13 @@ class Event:
         """When the handler received the message (RFC 3339)."""
         return str(self.payload.get("received_at") or "")
 
+    @property
+    def event_name(self) -> str:
+        """The name Particle's filters and variables see: a named event's own name (`temperature`), else the
+        event's (`uplink`)."""
+        publish = self.payload.get("publish") if self.name == "publish" else None
+        return str(publish.get("name", "")) if isinstance(publish, dict) else self.name
+
 
 @dataclass
 class Counters:
@@ -131,6 +138,7 @@ class Worker:
         self.settings = settings
         self.handler = handler
         self.worker = worker
+        self._devices = frozenset(name.strip() for name in worker.devices.split(",") if name.strip())
         self.app_id = handler.application_id
         self.integration_id = worker.integration_id
         self.events: tuple[str, ...] = self.default_events
@@ -173,9 +181,12 @@ class Worker:
         """Prepare clients for the target platform (called once, after the handler connection)."""
 
     def wants(self, event: Event) -> bool:
-        """False for an event to leave alone (acknowledged, not handled, not counted): for filters the
-        subscription cannot express, such as a prefix of a named event's name."""
-        return True
+        """False for an event to leave alone (acknowledged, not handled, not counted): the filters the
+        subscription cannot express, Particle's event-name prefix (`WORKER_EVENT_PREFIX`) and devices
+        (`WORKER_DEVICES`). An image may narrow it further."""
+        if self._devices and event.device_id not in self._devices:
+            return False
+        return event.event_name.startswith(self.worker.event_prefix)
 
     async def handle(self, event: Event) -> dict[str, Any] | None:
         """Deliver one event; return details for the delivery history, raise Retryable/PermanentError."""

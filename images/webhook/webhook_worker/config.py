@@ -53,10 +53,6 @@ class WebhookSettings(ImageSettings):
     ca_file: str = Field("", description="Path of an extra CA (PEM) to trust")
     ca_pem: str = Field("", description="The same as PEM text (a container has no files of the user's)")
     events: str = Field("uplink", description="Comma-separated events to send")
-    event_prefix: str = Field(
-        "", description="Only events whose name starts with this (a named event's name, else the event's own)"
-    )
-    devices: str = Field("", description="Comma-separated device ids: only their events; empty: every device")
     paths: str = Field(
         "{}", description="JSON object: event name -> path template added to WEBHOOK_URL (one path per message type)"
     )

@@ -102,12 +102,6 @@ def build_context(event: Event, integration_id: str) -> dict[str, Any]:
     return context
 
 
-def event_name(event: Event) -> str:
-    """The name Particle's filters and variables see: a named event's own name, else the event's (`uplink`)."""
-    publish = event.payload.get("publish") if event.name == "publish" else None
-    return str(publish.get("name", "")) if isinstance(publish, dict) else event.name
-
-
 def particle_variables(event: Event, context: dict[str, Any]) -> dict[str, Any]:
     """Particle's webhook variables (and their legacy SPARK_ names), so its definitions render as they do there.
     A named event (`publish`) gives its name and data; any other event its own name, and the decoded payload
@@ -115,7 +109,7 @@ def particle_variables(event: Event, context: dict[str, Any]) -> dict[str, Any]:
     Particle, unless ours has the name."""
     publish = event.payload.get("publish") if event.name == "publish" else None
     if isinstance(publish, dict):
-        name, value = event_name(event), str(publish.get("data", ""))
+        name, value = event.event_name, str(publish.get("data", ""))
         published_at = str(publish.get("published_at") or context["received_at"] or "")
     else:
         decoded = context["decoded_payload"]

@@ -19,8 +19,8 @@ from worker_sdk.outbound import OutboundPolicy
 from worker_sdk.redact import Redactor
 
 from .check import prepare
-from .config import WebhookSettings, split_names
-from .render import Template, build_context, event_name
+from .config import WebhookSettings
+from .render import Template, build_context
 from .request import InvalidRequest, OutgoingRequest, response_downlinks
 
 EXCERPT_CHARS = 300
@@ -88,7 +88,6 @@ class WebhookWorker(Worker):
         self.policy = OutboundPolicy.from_environment(os.environ)
         prepared = prepare(self.settings, self.policy)  # what the orchestrator checked before it accepted it
         self.builder = prepared.builder
-        self.devices = frozenset(split_names(self.settings.devices))
         if self.handler.downlink_api_key and self.handler.downlink_url:
             self.builder.downlink = (self.handler.downlink_api_key.get_secret_value(), self.handler.downlink_url)
         self.response_template = prepared.response_template
@@ -111,13 +110,6 @@ class WebhookWorker(Worker):
         client = getattr(self, "client", None)
         if client is not None:
             await client.close()
-
-    def wants(self, event: Event) -> bool:
-        """Particle's filters: a prefix of the event's name (`event`) and the devices (`deviceID`)."""
-        devices = self.devices
-        if devices and event.device_id not in devices:
-            return False
-        return not self.settings.event_prefix or event_name(event).startswith(self.settings.event_prefix)
 
     async def handle(self, event: Event) -> dict[str, Any] | None:
         """Deliver one event; 5xx, 429 and connection errors are retried, other 4xx are not."""
