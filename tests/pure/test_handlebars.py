@@ -97,3 +97,32 @@ def test_whatever_compiles_renders_with_any_data() -> None:
     template = Template(source, "T")
     for data in (READING, {}, {"place": 3, "rows": "text", "readings": {"room": [1]}}):
         assert isinstance(template.render(data), str)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        # Block lines next to each other, and comment lines, all vanish (as in the Mustache spec).
+        ("{{#ok}}\n{{#place}}\nx{{room}}\n{{/place}}\n{{/ok}}\n", "xlab\n"),
+        ("{{#each readings}}\n  {{#if this}}\n  v={{this}}\n  {{/if}}\n{{/each}}\n", "  v=21.5\n  v=22\n  v=23.25\n"),
+        ("{{#if ok}}\n  {{! why }}\n  x\n{{/if}}\n", "  x\n"),
+        # Mustache sections: 0 is false (mustache.js, pystache), an empty object true (JavaScript).
+        ("{{#zero}}Z{{/zero}}{{^zero}}not zero{{/zero}}", "not zero"),
+        ("{{#place}}P{{/place}}{{#with zero}}{{this}}{{else}}none{{/with}}", "P0"),  # Handlebars: with 0 is 0
+        ("{{^ok}}off{{else}}on{{/ok}}", "on"),
+        ("{{./device_id}} {{this.device_id}} {{device_id.length}}", "photon-1 photon-1 8"),
+        ("{{! {a} braces }}ok", "ok"),
+    ],
+)
+def test_what_handlebars_and_mustache_agree_on(source: str, expected: str) -> None:
+    assert Template(source, "T").render(READING) == expected
+
+
+def test_limits_hold_at_compile_time() -> None:
+    """Deep nesting and unclosed comments are refused quickly, before anything renders."""
+    with pytest.raises(TemplateError, match="nest deeper"):
+        Template("{{#if a}}" * 600 + "{{/if}}" * 600, "T")
+    with pytest.raises(TemplateError, match="not closed"):
+        Template("{{!--" * 20_000, "T")
+    with pytest.raises(TemplateError, match="outer loop"):
+        Template("{{#each rows}}{{@../index}}{{/each}}", "T")

@@ -14,11 +14,10 @@ from typing import Any
 BLOCK_HELPERS = ("if", "unless", "each", "with")
 INLINE_HELPERS = ("lookup",)
 
-# One tag: `{{{x}}}`, `{{x}}`, with `~` whitespace control; comments `{{!-- --}}` may hold `}}`.
-TAG = re.compile(r"\{\{(~?)(!--.*?--|\{[^{}]*\}|[^{}]*?)(~?)\}\}", re.DOTALL)
 PATH_SEGMENT = re.compile(r"\[[^\]]*\]|[^.\[\]/\s]+")
 ARGUMENT = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|\S+')
 NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+MAX_DEPTH = 50  # blocks inside blocks: rendering recurses, and no real template nests so deep
 STANDALONE = {"open", "inverted", "close", "else", "comment"}
 
 
@@ -43,9 +42,11 @@ class Path:
             parents, text = parents + 1, text[3:]
         data = text.startswith("@")
         text = text.removeprefix("@")
+        if data and text.startswith("../"):
+            raise HandlebarsError(f"{where}: {source!r}: data of an outer loop (@../) is not supported")
         this = text in ("this", ".") or text.startswith(("this.", "this/", "./"))
         if this:
-            text = text.split(".", 1)[1] if text.startswith("this.") else text[len("this/") :] if "/" in text else ""
+            text = "" if text in ("this", ".") else text[2:] if text.startswith("./") else text[5:]
         segments = tuple(part.strip("[]") for part in PATH_SEGMENT.findall(text.replace("/", ".")))
         if not segments and not this:
             raise HandlebarsError(f"{where}: {source!r} is not a variable")
@@ -92,10 +93,15 @@ class Frame:
 
 
 def is_empty(value: Any) -> bool:
-    """Handlebars' falsiness for `if`, `unless` and `with`: null, false, "", 0 and empty lists (not empty objects)."""
+    """Handlebars' emptiness, for `with` and `each`: null, false, "" and empty lists; 0 is not empty."""
     if value is None or value is False or value == "" or (isinstance(value, list | tuple) and not value):
         return True
-    return isinstance(value, int | float) and not isinstance(value, bool) and (value == 0 or value != value)
+    return isinstance(value, float) and value != value  # NaN
+
+
+def is_false(value: Any) -> bool:
+    """JavaScript's falsiness with empty lists, for `if`, `unless` and Mustache sections: 0 is false too."""
+    return is_empty(value) or (isinstance(value, int | float) and not isinstance(value, bool) and value == 0)
 
 
 class Compiled:
@@ -111,38 +117,69 @@ class Compiled:
         return "".join(out)
 
 
-def _tokens(source: str) -> list[Any]:
-    """Text and tags, with standalone lines and `~` whitespace control applied (as Handlebars does)."""
+# Where each kind of tag ends: `{{!-- --}}` may hold `}}`, `{{{x}}}` ends with three braces; `~` strips whitespace.
+TAG_ENDS = {
+    "long comment": re.compile(r"--~?\}\}"),
+    "triple": re.compile(r"\}~?\}\}"),
+    "tag": re.compile(r"~?\}\}"),
+}
+
+
+def _scan(source: str) -> list[Any]:
+    """Text and tags alternately, a tag as (strip before, content, strip after, offset); one pass, so a long
+    template with unclosed comments costs no more than its length."""
     tokens: list[Any] = []
     position = 0
-    for match in TAG.finditer(source):
-        tokens.append(source[position : match.start()])
-        tokens.append((match.group(1), match.group(2), match.group(3), match.start()))
-        position = match.end()
+    while (start := source.find("{{", position)) >= 0:
+        tokens.append(source[position:start])
+        inner = start + 2
+        strip_before = source.startswith("~", inner)
+        inner += strip_before
+        kind = (
+            "long comment" if source.startswith("!--", inner) else "triple" if source.startswith("{", inner) else "tag"
+        )
+        end = TAG_ENDS[kind].search(source, inner)
+        if end is None:
+            raise HandlebarsError(f"a tag opened at character {start} ({source[start : start + 20]!r}) is not closed")
+        content = source[inner : end.start() + (kind == "triple")]
+        if kind == "tag" and not content.startswith("!") and ("{" in content or "}" in content):
+            raise HandlebarsError(f"a tag opened at character {start} ({source[start : start + 20]!r}) is not closed")
+        tokens.append((strip_before, content, "~" in end.group(), start))
+        position = end.end()
     tokens.append(source[position:])
-    unclosed = next((t for t in tokens[::2] if "{{" in t), None)
-    if unclosed is not None:  # `{{` with no `}}`, or braces inside a tag: sent as text, it would be a surprise
-        raise HandlebarsError(f"a tag opened at {unclosed[unclosed.index('{{') :][:20]!r} is not closed")
+    return tokens
+
+
+def _tokens(source: str) -> list[Any]:
+    """Text and tags, with standalone lines and `~` whitespace control applied as Handlebars applies them: which
+    tags stand alone on their line is decided on the template as written, then their lines are removed."""
+    tokens = _scan(source)
+    last = len(tokens) - 2
+    alone = {
+        index
+        for index in range(1, len(tokens), 2)
+        if _kind(tokens[index][1]) in STANDALONE
+        and _alone(tokens[index - 1], tokens[index + 1], index == 1, index == last)
+    }
+    for index in alone:  # the line break after the tag, then the indentation before it
+        tokens[index + 1] = re.sub(r"^[ \t]*\r?\n?", "", tokens[index + 1], count=1)
+    for index in alone:
+        tokens[index - 1] = re.sub(r"[ \t]*$", "", tokens[index - 1], count=1)
     for index in range(1, len(tokens), 2):
-        strip_before, content, strip_after, _ = tokens[index]
+        strip_before, _, strip_after, _ = tokens[index]
         if strip_before:
             tokens[index - 1] = tokens[index - 1].rstrip()
         if strip_after:
             tokens[index + 1] = tokens[index + 1].lstrip()
-        if _kind(content) in STANDALONE:
-            before, after = tokens[index - 1], tokens[index + 1]
-            line_start = before.rfind("\n") + 1
-            first = index == 1
-            last = index == len(tokens) - 2
-            if (
-                before[line_start:].strip(" \t") == ""
-                and (line_start > 0 or first)
-                and re.match(r"[ \t]*(\r?\n|$)", after)
-                and ("\n" in after or last)
-            ):
-                tokens[index - 1] = before[:line_start]
-                tokens[index + 1] = re.sub(r"^[ \t]*\r?\n?", "", after, count=1)
     return tokens
+
+
+def _alone(before: str, after: str, first: bool, last: bool) -> bool:
+    """A tag with only blanks around it on its line (the template's first or last line counts)."""
+    line_start = before.rfind("\n") + 1
+    if before[line_start:].strip(" \t") or (line_start == 0 and not first):
+        return False
+    return re.match(r"[ \t]*(\r?\n|$)", after) is not None and ("\n" in after or last)
 
 
 def _kind(content: str) -> str:
@@ -196,6 +233,8 @@ def _parse(tokens: list[Any]) -> list[Any]:
         if kind == "variable":
             target.append(_variable(content, at))
         elif kind in ("open", "inverted"):
+            if len(stack) > MAX_DEPTH:
+                raise HandlebarsError(f"{at}: blocks nest deeper than {MAX_DEPTH}")
             opening, name = _block(content[1:].strip(), kind, at)
             target.append(opening)
             stack.append((opening, name, offset, opening.body))
@@ -274,6 +313,8 @@ _MISSING = object()
 def _step(value: Any, key: str) -> Any:
     if isinstance(value, dict):
         return value.get(key, _MISSING)
+    if isinstance(value, str) and key == "length":
+        return len(value)
     if isinstance(value, list | tuple):
         if key == "length":
             return len(value)
@@ -339,7 +380,7 @@ def _render_block(
     value = _resolve(block.argument, frames)
     helper = block.helper
     if helper == "section":  # Mustache: a list repeats, true keeps the context, an object becomes it
-        if value is None or value is False or value == "" or (isinstance(value, list | tuple) and not value):
+        if is_false(value):
             _render(block.inverse, frames, out, escape, text)
         elif isinstance(value, list | tuple):
             _each(block, value, frames, out, escape, text)
@@ -348,10 +389,9 @@ def _render_block(
         else:
             _render(block.body, [*frames, Frame(value, {})], out, escape, text)
     elif helper == "inverted":
-        if value is None or value is False or value == "" or (isinstance(value, list | tuple) and not value):
-            _render(block.body, frames, out, escape, text)
+        _render(block.body if is_false(value) else block.inverse, frames, out, escape, text)
     elif helper in ("if", "unless"):
-        chosen = block.body if is_empty(value) == (helper == "unless") else block.inverse
+        chosen = block.body if is_false(value) == (helper == "unless") else block.inverse
         _render(chosen, frames, out, escape, text)
     elif helper == "with":
         if is_empty(value):
