@@ -325,6 +325,7 @@ class Handler:
         is delivered right after, as class A delivers (`down/deliver`, `down/sent`)."""
         if any(record.state == "queued" for record in records):
             self._pending.add((app_id, device_id))
+        undeliverable = False  # after a part that could not go out, the later parts would leave a gap: none go
         for record in records:
             try:
                 await self.emit(
@@ -334,9 +335,13 @@ class Handler:
                 log.error("downlink %s stored, but its down/queued event was not logged: %s", record.id, err.detail)
             if record.state != "sent":
                 continue
+            if undeliverable:
+                log.error("named downlink %s not delivered: an earlier one of its request could not be", record.id)
+                continue
             try:
                 await self._deliver(app_id, device_id, record, uplink_ids=[])
             except DatabaseUnavailable as err:  # as when class A's delivery cannot be logged: it is lost
+                undeliverable = True
                 log.error("named downlink %s recorded as sent, but not delivered: %s", record.id, err.detail)
 
     async def _check_downlinks(

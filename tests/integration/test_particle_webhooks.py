@@ -96,3 +96,61 @@ def test_a_particle_webhook_fires_for_its_prefix_and_answers_the_device(
     letters = orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/hook/dead-letters", 200).json()
     assert [item["message"]["publish"]["name"] for item in letters["items"]] == ["tempx"]  # kept, to replay
     device.close()
+
+
+def test_what_goes_back_to_the_device_holds_no_secret_and_no_internals(
+    orchestrator: RunningOrchestrator, sink: HttpSink
+) -> None:
+    """A target echoing the request's credentials, an answer too long to go back, a target that never answers:
+    the device gets masked text, nothing, and "no answer" (no URL); the user gets events that say why."""
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "photon-1")
+    key = orchestrator.create_key(APP, "uplinks:write", "messages:read")
+    device = MqttProbe(orchestrator.mqtt_url, ".".join(key.split(".")[:2]), key)
+    device.subscribe(f"v3/{APP}/devices/photon-1/down/deliver")
+
+    def echo(request: Received) -> tuple[int, dict[str, str], bytes]:
+        if request.path.endswith("/long"):
+            return 200, {}, b"x" * 600
+        return 200, {}, f"you sent {request.headers['authorization']}".encode()
+
+    sink.responder = echo
+    topics = {
+        "response_topic": "{{PARTICLE_DEVICE_ID}}/hook-response/{{PARTICLE_EVENT_NAME}}",
+        "error_response_topic": "{{PARTICLE_DEVICE_ID}}/hook-error/{{PARTICLE_EVENT_NAME}}",
+    }
+    common = {"events": "publish", "auth_username": "user", "auth_password": "hunter22-secret", **topics}
+    orchestrator.create_integration(
+        APP,
+        id="echo",
+        template_id="webhook",
+        config={"url": sink.url + "/{{PARTICLE_EVENT_NAME}}", "event_prefix": "echo", **common},
+    )
+    orchestrator.create_integration(
+        APP,
+        id="short",
+        template_id="webhook",
+        config={"url": sink.url + "/long", "event_prefix": "long", "response_too_long": "refuse", **common},
+    )
+    closed = HttpSink()
+    closed.close()  # nothing listens there any more
+    orchestrator.create_integration(
+        APP,
+        id="gone",
+        template_id="webhook",
+        config={"url": closed.url + "/x?api_key=k", "event_prefix": "gone", "retry_max_duration_seconds": 2, **common},
+    )
+    for integration in ("echo", "short", "gone"):
+        orchestrator.wait_state(APP, integration, "running")
+    for name in ("echo", "long", "gone"):
+        device.publish(f"v3/{APP}/devices/photon-1/publish/push", {"name": name, "data": "1"})
+
+    delivered = [body for _, body in device.collect(2, topic_suffix="/down/deliver")]
+    named = {body["name"]: base64.b64decode(body["frm_payload"]).decode() for body in delivered}
+    echoed = named["photon-1/hook-response/echo/0"]
+    assert echoed.startswith("you sent ") and "dXNlcjpodW50ZXIy" not in echoed and "hunter22" not in echoed
+    assert named["photon-1/hook-error/gone/0"] == "not delivered: no answer from the endpoint"
+    assert set(named) == {"photon-1/hook-response/echo/0", "photon-1/hook-error/gone/0"}  # nothing for "long"
+    activity = orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/short/activity", 200).json()
+    assert any("600 bytes; at most 512" in item["message"] for item in activity if item["kind"] == "error")
+    device.close()

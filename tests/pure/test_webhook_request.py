@@ -274,7 +274,8 @@ def built_for_publish(**settings: Any) -> Any:
 
 def test_particle_default_fields_go_where_particle_puts_them() -> None:
     """Without a body they are the form body; with a form they join it (its own fields win); a GET carries them
-    in its query; noDefaults (particle_defaults off) or a JSON body leaves them out."""
+    in its query; a JSON object body gets them too (Particle's "include default data"); noDefaults
+    (particle_defaults off), a raw body or the message as it is leave them out."""
     alone = built_for_publish(body_format="none", particle_defaults=True)
     assert alone.headers["Content-Type"] == "application/x-www-form-urlencoded"
     assert parse_qs(alone.body.decode()) == DEFAULTS
@@ -285,6 +286,17 @@ def test_particle_default_fields_go_where_particle_puts_them() -> None:
     query = built_for_publish(method="GET", body_format="none", query='{"k": "v"}', particle_defaults=True)
     assert parse_qs(urlsplit(query.url).query) == {**DEFAULTS, "k": ["v"]} and query.body is None
     assert built_for_publish(body_format="none").body is None
-    assert "coreid" not in json.loads(
-        built_for_publish(body_format="json", body='{"a": 1}', particle_defaults=True).body
+    as_json = json.loads(
+        built_for_publish(body_format="json", body='{"a": 1, "event": "x"}', particle_defaults=True).body
     )
+    assert as_json == {**{key: value[0] for key, value in DEFAULTS.items()}, "a": 1, "event": "x"}
+    assert built_for_publish(body_format="raw", body="{{PARTICLE_EVENT_VALUE}}", particle_defaults=True).body == b"21.5"
+    assert "coreid" not in json.loads(built_for_publish(body_format="json", body='{"a": 1}').body)
+
+
+def test_auth_headers_count_as_secrets_of_the_request() -> None:
+    """So what a target echoes of them is masked before it reaches the device or an event."""
+    basic = built_for_publish(auth_username="u", auth_password="hunter22")
+    assert basic.headers["Authorization"] in basic.secrets
+    bearer = built_for_publish(auth_token="tok-123")
+    assert "Bearer tok-123" in bearer.secrets

@@ -110,7 +110,8 @@ class RequestBuilder:
             "form": "application/x-www-form-urlencoded",
             "raw": settings.content_type,
         }.get(settings.body_format)
-        # Particle's default fields go in the query of a GET or DELETE, else in a form body (none, or form's own).
+        # Particle's default fields go in the query of a GET or DELETE, else in the body: the whole form body when
+        # there is none, or under a form's or a JSON object's own fields.
         self.particle_defaults = settings.particle_defaults
         self.defaults_in_query = settings.particle_defaults and settings.method in ("GET", "DELETE")
         if settings.particle_defaults and not self.defaults_in_query and settings.body_format == "none":
@@ -165,6 +166,7 @@ class RequestBuilder:
             secrets.append(value)
         if self.auth_header:
             headers[self.auth_header[0]] = self.auth_header[1]
+            secrets.append(self.auth_header[1])  # a target that echoes it must not show it to the device
         if self.downlink:  # as The Things Stack adds them when a webhook has a downlink key
             key, device_url = self.downlink[0], self.downlink[1].replace("{device_id}", quote(event.device_id, safe=""))
             headers.update(
@@ -184,9 +186,9 @@ class RequestBuilder:
             return raw_message
         if self.body_json is not None:
             value = self.body_json.render(context)
+            if self.particle_defaults and not self.defaults_in_query and isinstance(value, dict):
+                value = {**default_fields(context), **value}  # Particle's "include default data": its own keys win
             if self.body_format == "form":
-                if self.particle_defaults and not self.defaults_in_query:
-                    value = {**default_fields(context), **value}
                 return urlencode({key: _form_value(item) for key, item in value.items()}).encode()
             return json.dumps(value, separators=(",", ":")).encode()
         if self.body_raw is not None:

@@ -133,6 +133,8 @@ class WebhookWorker(Worker):
             if status >= 500 or status in RETRYABLE_STATUS:
                 raise RetryableError(message, retry_after=retry_after, **details)
             raise PermanentError(message, **details)
+        if self.response_topic is not None or self.settings.response_template:
+            body = self.redactor.text(body)  # the worker's own secrets too: a device is no place for them
         if self.response_topic is not None:
             await self._answer_on_topic(self.response_topic, event, context, status, body)
         elif self.settings.response_template:
@@ -140,13 +142,16 @@ class WebhookWorker(Worker):
         return details
 
     async def failed(self, event: Event, reason: str, details: dict[str, Any]) -> None:
-        """Particle's error response topic: the device hears of a failure (status and the start of the answer)."""
+        """Particle's error response topic: the device hears of a failure, the status and the start of the answer;
+        without an answer only that there was none (the reason names URLs and rules, which are not the device's)."""
         if self.error_topic is None:
             return
         response = details.get("response") or {}
-        text = f"HTTP {response['status']}: {response.get('body', '')}" if response.get("status") else reason
+        status = response.get("status")
+        text = f"HTTP {status}: {response.get('body', '')}" if status else "not delivered: no answer from the endpoint"
         context = build_context(event, self.integration_id)
-        await self._send_parts(event, self.error_topic.render(context), text.encode()[:PART_BYTES])
+        data = text.encode()[:PART_BYTES].decode("utf-8", "ignore").encode()  # whole characters only
+        await self._send_parts(event, self.error_topic.render(context), data)
 
     async def _answer_on_topic(
         self, topic: Template, event: Event, context: dict[str, Any], status: int, body: str
@@ -168,14 +173,18 @@ class WebhookWorker(Worker):
                 f"the answer for the device is {len(data)} bytes; at most {limit} go back "
                 f"(WEBHOOK_RESPONSE_TOO_LONG={self.settings.response_too_long})"
             )
+            # Not on the error topic: the message was delivered, and firmware may take hook-error for "send again".
             await self.report("error", message, device_id=event.device_id, correlation_ids=event.correlation_ids)
-            if self.error_topic is not None:
-                await self._send_parts(event, self.error_topic.render(context), message.encode()[:PART_BYTES])
             return
         await self._send_parts(event, topic.render(context), data)
 
     async def _send_parts(self, event: Event, topic: str, data: bytes) -> None:
         """Named downlinks TOPIC/0, TOPIC/1, ... of at most 512 bytes each, delivered at once by the handler."""
+        if not topic or topic.startswith("/") or topic.endswith("/") or "//" in topic:
+            await self.report(
+                "error", f"no answer for the device: the topic rendered as {topic!r}", device_id=event.device_id
+            )
+            return
         items = [
             {
                 "name": f"{topic}/{index}",
