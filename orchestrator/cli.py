@@ -318,6 +318,8 @@ def import_particle(file: Path, application: str, api_url: str, key: str) -> Non
         click.echo(f"created: integration {answer.get('id')} in {application} ({state})")
         if answer.get("downlink_api_key"):
             click.echo(f"downlink key (shown this once): {answer['downlink_api_key']}")
+        for note in answer.get("notes") or []:
+            click.echo(f"note: {note}")
         return
     if isinstance(answer, dict) and isinstance(answer.get("errors"), list):
         for problem in answer["errors"]:

@@ -211,6 +211,9 @@ class IntegrationCreated(IntegrationPublic):
     downlink_api_key: str | None = Field(
         None, description="The key the target pushes downlinks with: shown this once (write it down)"
     )
+    notes: list[str] = Field(
+        default_factory=list, description="What an import did with the definition (a field sealed, a default taken)"
+    )
 
 
 class ValidationResult(BaseModel):

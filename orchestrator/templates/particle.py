@@ -17,7 +17,7 @@ BODY_FIELDS = ("json", "form", "body")
 DEFAULT_RESPONSE_TOPIC = "{{PARTICLE_DEVICE_ID}}/hook-response/{{PARTICLE_EVENT_NAME}}"
 DEFAULT_ERROR_RESPONSE_TOPIC = "{{PARTICLE_DEVICE_ID}}/hook-error/{{PARTICLE_EVENT_NAME}}"
 # Headers whose values are credentials go to the sealed, write-only `secret_headers`.
-SECRET_HEADER = re.compile("key|token|secret|password|auth", re.IGNORECASE)
+SECRET_NAME = re.compile("key|token|secret|password|auth", re.IGNORECASE)
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: anything else fails only when sent
 # A prefix with any other character could match no event: names here follow Particle's rule.
 EVENT_PREFIX = re.compile(r"[A-Za-z0-9_\-/]{1,64}")
@@ -156,9 +156,7 @@ def convert(definition: Any) -> ParticleImport:
     else:
         read.put("method", method.upper(), "requestType")
     _headers(read, _body(read))
-    query = read.text_map("query", "query parameter")
-    if query:
-        read.put("query", query, "query")
+    _query(read)
     _auth(read)
     _responses(read)
     verify = read.flag("rejectUnauthorized")
@@ -251,7 +249,7 @@ def _headers(read: _Conversion, body_source: str | None) -> None:
         elif name.lower() == "content-type" and body_source == "body":
             read.put("content_type", value, field_name)
             read.notes.append(f"{field_name}: the raw body's content type")
-        elif SECRET_HEADER.search(name):
+        elif SECRET_NAME.search(name):
             secret[name] = value
             if name.lower() == "authorization" and "auth" in read.values:
                 # the worker sends auth's Basic header over this one: one of them would be dropped unseen
@@ -264,6 +262,18 @@ def _headers(read: _Conversion, body_source: str | None) -> None:
     if secret:
         read.put("secret_headers", secret, "headers")
         read.notes.append(f"headers {', '.join(secret)}: kept as secret headers (sealed, write-only)")
+
+
+def _query(read: _Conversion) -> None:
+    """Query parameters; those named like credentials (`api_key`, `token`) are sealed, as headers are."""
+    query = read.text_map("query", "query parameter") or {}
+    plain = {name: value for name, value in query.items() if not SECRET_NAME.search(name)}
+    secret = {name: value for name, value in query.items() if SECRET_NAME.search(name)}
+    if plain:
+        read.put("query", plain, "query")
+    if secret:
+        read.put("secret_query", secret, "query")
+        read.notes.append(f"query {', '.join(secret)}: kept as secret query parameters (sealed, write-only)")
 
 
 def _auth(read: _Conversion) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import yaml
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from orchestrator.config import PROJECT_ROOT
-from tests.support.orchestrator import RunningOrchestrator
+from tests.support.orchestrator import RunningOrchestrator, free_port
 from tests.support.sink import HttpSink, ok_json
 from tests.support.waiting import wait_for
 
@@ -335,3 +339,128 @@ def test_a_browsers_event_source_reads_the_stream_with_a_stream_token(
     orchestrator.call("DELETE", f"/api/v1/applications/live/keys/{reader_id}", 204)
     revoked = httpx.get(f"{orchestrator.url}/api/v1/applications/live/events?stream_token={token}")
     assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
+
+
+def hang_up(end: socket.socket) -> None:
+    """Close a socket so its peer sees it at once, also while another thread is blocked reading it."""
+    with contextlib.suppress(OSError):
+        end.shutdown(socket.SHUT_RDWR)  # close() alone would leave a blocked recv() holding the connection open
+    end.close()
+
+
+class LineBetween:
+    """A TCP relay on 127.0.0.1 between the browser and the orchestrator that keeps the head of each request
+    it carries, and can go down (every connection closed both ways, new ones refused) and come back."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.requests: list[tuple[float, str]] = []  # (when, request head), in arrival order
+        self._sockets: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> LineBetween:
+        """Listen on the same port again; new connections go through."""
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+        return self
+
+    def down(self) -> None:
+        """As if the network went: every connection closes at both ends, new ones are refused."""
+        if self._listener is not None:
+            hang_up(self._listener)  # shutdown wakes the thread in accept()
+            self._listener = None
+        with self._lock:
+            for end in self._sockets:
+                hang_up(end)
+            self._sockets.clear()
+
+    def heads(self, path_part: str) -> list[tuple[float, str]]:
+        """The requests whose request line contains `path_part`."""
+        return [(when, head) for when, head in self.requests if path_part in head.split("\r\n", 1)[0]]
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                browser, _ = listener.accept()
+            except OSError:
+                return  # the line is down
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                hang_up(browser)
+                continue
+            with self._lock:
+                self._sockets.update((browser, server))
+            threading.Thread(target=self._pump, args=(browser, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, browser, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_browser: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if from_browser and data.split(b" ", 1)[0] in (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"):
+                    self.requests.append((time.monotonic(), data.decode("latin-1").split("\r\n\r\n", 1)[0]))
+                sink.sendall(data)
+        hang_up(source)
+        hang_up(sink)
+
+
+def request_headers(head: str) -> dict[str, str]:
+    """The headers of a request head, by lower-case name."""
+    lines = head.split("\r\n")[1:]
+    return {name.strip().lower(): value.strip() for name, value in (line.split(":", 1) for line in lines)}
+
+
+def test_a_browsers_event_source_resumes_after_a_disconnect_without_missing_an_uplink(
+    browser: Browser, orchestrator: RunningOrchestrator
+) -> None:
+    """A page following the event stream loses its connection for a moment and still shows every uplink, once."""
+    orchestrator.create_application("field")
+    orchestrator.create_device("field", "meter-1")
+    reader = orchestrator.create_key("field", "messages:read")
+    made = httpx.post(
+        f"{orchestrator.url}/api/v1/applications/field/events/tokens?ttl_seconds=300",
+        headers={"Authorization": f"Bearer {reader}"},
+    )
+    assert made.status_code == 201
+    line = LineBetween(orchestrator.port).up()
+    page = browser.new_page()
+    try:
+        page.goto(line.url + "/")  # the page and its stream both come through the line: one origin
+        page.evaluate(
+            """url => { window.got = []; window.opened = 0; const source = new EventSource(url);
+                       source.onopen = () => { window.opened += 1; };
+                       source.addEventListener("uplink", event => window.got.push(
+                           {id: event.lastEventId, n: JSON.parse(event.data).uplink_message.decoded_payload.n})); }""",
+            made.json()["url"] + "&prefix=uplink",
+        )
+        page.wait_for_function("window.opened === 1")
+        orchestrator.uplink("field", "meter-1", {"f_port": 1, "decoded_payload": {"n": 1}})
+        page.wait_for_function("window.got.length === 1")
+        first_id = page.evaluate("window.got[0].id")
+
+        line.down()
+        went_down = time.monotonic()
+        orchestrator.uplink("field", "meter-1", {"f_port": 1, "decoded_payload": {"n": 2}})  # while it is down
+        orchestrator.uplink("field", "meter-1", {"f_port": 1, "decoded_payload": {"n": 3}})
+        line.up()
+
+        page.wait_for_function("window.opened === 2 && window.got.length >= 3", timeout=15_000)
+        page.wait_for_timeout(500)  # room for a duplicate to show up
+        got = page.evaluate("window.got")
+        assert [item["n"] for item in got] == [1, 2, 3]
+        assert [int(item["id"]) for item in got] == sorted({int(item["id"]) for item in got})  # distinct, rising
+
+        (_, first_head), *again = line.heads("/events?stream_token=")
+        assert "last-event-id" not in request_headers(first_head)
+        assert again and all(request_headers(head).get("last-event-id") == first_id for _, head in again)
+        # The server sends no `retry:` line, so the browser waits its own default (3 s in Chromium).
+        assert again[0][0] - went_down < 10
+    finally:
+        page.close()
+        line.down()

@@ -4,10 +4,15 @@ and the stream like uplinks, and a webhook written for Particle renders them wit
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
+import pytest
 from httpx_sse import connect_sse
 
 from tests.support.mqtt import MqttProbe
@@ -103,3 +108,123 @@ def test_a_client_built_for_particles_stream_reads_named_events(orchestrator: Ru
         f"{orchestrator.url}/v1/events?access_token={key}", headers={"Last-Event-ID": "9" * 25}, timeout=10
     )
     assert too_far.status_code == 422 and "last-event-id" in too_far.text
+
+
+# Node's own fetch reads the stream and prints it as it comes; an answer other than 200 is printed too.
+NODE_READER = """
+const [url, lastEventId] = process.argv.slice(1);
+const headers = lastEventId ? {"Last-Event-ID": lastEventId} : {};
+fetch(url, {headers, signal: AbortSignal.timeout(20000)}).then(async response => {
+  if (response.status !== 200) process.stdout.write(`status ${response.status}\\n`);
+  const decoder = new TextDecoder();
+  for await (const chunk of response.body) process.stdout.write(decoder.decode(chunk, {stream: true}));
+}).catch(error => { console.error(String(error)); process.exit(1); });
+"""
+
+
+class SseProgram:
+    """An SSE client outside Python (curl or Node) in a subprocess, and the raw text it printed so far."""
+
+    def __init__(self, client: str, url: str, last_event_id: str | None = None) -> None:
+        if client == "curl":
+            resume = ["-H", f"Last-Event-ID: {last_event_id}"] if last_event_id else []
+            command = ["curl", "-sN", "--max-time", "20", *resume, url]
+        else:
+            command = ["node", "-e", NODE_READER, url, *([last_event_id] if last_event_id else [])]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE)
+        self.chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        while chunk := os.read(self.process.stdout.fileno(), 65536):  # what has come so far, not waiting for more
+            self.chunks.append(chunk)
+
+    def events(self) -> list[dict[str, str]]:
+        """The events printed so far, each as its fields (`event`, `data`, `id`); comments left out."""
+        found = []
+        for block in self.text.replace("\r\n", "\n").split("\n\n")[:-1]:  # the last one may be incomplete
+            fields = dict(line.split(": ", 1) for line in block.split("\n") if line and not line.startswith(":"))
+            if fields:
+                found.append(fields)
+        return found
+
+    def wait_until_open(self) -> None:
+        wait_for(lambda: ": ok" in self.text, what="the stream to open (its `: ok` comment)")
+
+    def wait_for_events(self, count: int) -> list[dict[str, str]]:
+        wait_for(lambda: len(self.events()) >= count, what=f"{count} events; got: {self.text!r}")
+        return self.events()
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+        self._reader.join(10)
+
+
+@pytest.fixture(params=["curl", "node"])
+def sse_client(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The name of a program that reads the stream: curl, or a few lines of JavaScript on Node."""
+    if shutil.which(request.param) is None:
+        if request.param == "curl":
+            pytest.fail("curl is not installed")
+        pytest.skip("Node.js is not installed (scripts/test does not install it)")
+    yield request.param
+
+
+def test_a_non_python_client_reads_particles_stream_and_resumes_with_last_event_id(
+    orchestrator: RunningOrchestrator, sse_client: str
+) -> None:
+    """curl or Node reading `/v1/devices/{id}/events/{prefix}` sees Particle's text, and resumes without repeats."""
+    orchestrator.create_application(APP)
+    orchestrator.create_device(APP, "photon-1")
+    orchestrator.create_device(APP, "photon-2")
+    key = orchestrator.create_key(APP, "messages:read", "uplinks:write")
+    url = f"{orchestrator.url}/v1/devices/photon-1/events/temp?access_token={key}"
+
+    def publish(device: str, name: str, data: str) -> None:
+        path = f"/api/v1/applications/{APP}/devices/{device}/reports/publish"
+        orchestrator.call("POST", path, 201, json={"name": name, "data": data})
+
+    client = SseProgram(sse_client, url)
+    try:
+        client.wait_until_open()
+        publish("photon-1", "temperature", "21.5")
+        publish("photon-1", "hum", "40")  # another name
+        publish("photon-2", "temperature", "5")  # another device
+        publish("photon-1", "temp/kitchen", "19")
+        first = client.wait_for_events(2)
+    finally:
+        client.stop()
+    lines = client.text.replace("\r\n", "\n").split("\n")
+    assert "event: temperature" in lines and "event: temp/kitchen" in lines
+    assert [(item["event"], json.loads(item["data"])["data"]) for item in first] == [
+        ("temperature", "21.5"),
+        ("temp/kitchen", "19"),
+    ]  # the stream keeps order: anything from photon-2, or named hum, would have come before temp/kitchen
+    body = json.loads(first[0]["data"])
+    assert list(body) == ["data", "ttl", "published_at", "coreid"]
+    assert (body["data"], body["ttl"], body["coreid"]) == ("21.5", 60, "photon-1")
+    assert str(body["published_at"]).endswith("Z")
+    assert first[0]["id"].isdigit() and int(first[0]["id"]) < int(first[1]["id"])
+
+    last_id = first[-1]["id"]
+    publish("photon-1", "temperature", "22.0")  # while no client follows
+    again = SseProgram(sse_client, url, last_event_id=last_id)
+    try:
+        again.wait_until_open()
+        publish("photon-1", "temp/garden", "18")
+        resumed = again.wait_for_events(2)
+        time.sleep(0.5)  # room for a repeat to show up
+    finally:
+        again.stop()
+    assert [(item["event"], json.loads(item["data"])["data"]) for item in again.events()] == [
+        ("temperature", "22.0"),
+        ("temp/garden", "18"),
+    ]
+    assert all(int(item["id"]) > int(last_id) for item in resumed)

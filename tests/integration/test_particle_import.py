@@ -129,7 +129,9 @@ def test_the_cli_imports_a_file_and_says_each_outcome(orchestrator: RunningOrche
     good.write_text(json.dumps(definition("http://example.com/in", name="From the CLI", disabled=True)))
     created = run(good)
     assert created.exit_code == 0, created.output
-    assert created.stdout.startswith("created: integration ") and created.stdout.strip().endswith("(disabled)")
+    first, *notes = created.stdout.strip().splitlines()
+    assert first.startswith("created: integration ") and first.endswith("(disabled)")
+    assert notes == ["note: headers X-Api-Key: kept as secret headers (sealed, write-only)"]  # what became of them
     integration_id = created.stdout.split()[2]
     stored = orchestrator.integration(APP, integration_id)
     assert stored["name"] == "From the CLI" and stored["enabled"] is False

@@ -84,7 +84,15 @@ def test_the_example_sends_what_particle_sends() -> None:
     assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"USERNAME:API_KEY").decode()
     assert request.headers["Content-Type"] == "application/json"
     body = json.loads(request.body or b"")
-    assert body == {"field1": 21.5, "field2": 3, "created_at": "2026-01-02T03:04:05Z"}
+    # Particle's "include default data" (on unless noDefaults) puts its fields under the template's.
+    defaults = {"event": "Metric/room1", "data": publish["data"], "published_at": publish["published_at"]}
+    assert body == {
+        **defaults,
+        "coreid": "photon-1",
+        "field1": 21.5,
+        "field2": 3,
+        "created_at": publish["published_at"],
+    }
 
 
 def test_the_converted_example_is_a_valid_webhook_configuration() -> None:
@@ -192,6 +200,13 @@ def test_every_other_field() -> None:
     assert config["devices"] == "0123456789abcdef01234567"
     assert config_of(rejectUnauthorized=True)["tls_verify"] is True
     assert "tls_verify" not in config_of()
+
+
+def test_query_parameters_named_like_credentials_are_sealed() -> None:
+    """ThingSpeak-style `api_key` in the query is a secret: write-only, masked, never in plain config."""
+    config = config_of(query={"api_key": "K3Y", "field1": "{{{PARTICLE_EVENT_VALUE}}}"})
+    assert config["query"] == {"field1": "{{{PARTICLE_EVENT_VALUE}}}"}
+    assert config["secret_query"] == {"api_key": "K3Y"}
 
 
 def test_name_and_disabled_go_to_the_integration() -> None:

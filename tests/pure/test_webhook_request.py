@@ -300,3 +300,9 @@ def test_auth_headers_count_as_secrets_of_the_request() -> None:
     assert basic.headers["Authorization"] in basic.secrets
     bearer = built_for_publish(auth_token="tok-123")
     assert "Bearer tok-123" in bearer.secrets
+
+
+def test_secret_query_values_are_sent_and_known_as_secrets() -> None:
+    request = built_for_publish(query='{"f": "1"}', secret_query='{"api_key": "k-{{PARTICLE_DEVICE_ID}}"}')
+    assert parse_qs(urlsplit(request.url).query) == {"f": ["1"], "api_key": ["k-photon-1"]}
+    assert "k-photon-1" in request.secrets

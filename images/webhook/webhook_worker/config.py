@@ -25,6 +25,9 @@ class WebhookSettings(ImageSettings):
         SecretStr("{}"), description="JSON object of header templates whose values are secret (API keys, tokens)"
     )
     query: str = Field("{}", description="JSON object of query parameter templates")
+    secret_query: SecretStr = Field(
+        SecretStr("{}"), description="JSON object of query parameter templates whose values are secret (api_key=...)"
+    )
     body_format: BodyFormat = Field("message", description="message: the event JSON as is")
     body: str = Field("", description="Body template: JSON for json/form, text for raw")
     content_type: str = "text/plain; charset=utf-8"

@@ -52,23 +52,24 @@ def _template_map(text: str, where: str) -> dict[str, Template]:
     return {name: Template(item, f"{where}.{name}") for name, item in value.items()}
 
 
-def _secret_headers(text: str) -> dict[str, Template]:
-    """Secret header templates; a problem names the header, never its value (errors are shown and logged)."""
+def _secret_templates(text: str, where: str, line_breaks_refused: bool) -> dict[str, Template]:
+    """Templates whose values are secret (headers, query parameters); a problem names the entry, never its value
+    (errors are shown and logged)."""
     try:
         value = json.loads(text or "{}")
     except ValueError:
-        raise TemplateError("WEBHOOK_SECRET_HEADERS: not a JSON object") from None
+        raise TemplateError(f"{where}: not a JSON object") from None
     if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
-        raise TemplateError("WEBHOOK_SECRET_HEADERS: must be a JSON object of strings")
-    headers = {}
+        raise TemplateError(f"{where}: must be a JSON object of strings")
+    templates = {}
     for name, source in value.items():
-        if "\r" in name + source or "\n" in name + source:
-            raise TemplateError(f"WEBHOOK_SECRET_HEADERS.{name}: a header cannot hold a line break")
+        if line_breaks_refused and ("\r" in name + source or "\n" in name + source):
+            raise TemplateError(f"{where}.{name}: a header cannot hold a line break")
         try:
-            headers[name] = Template(source, f"WEBHOOK_SECRET_HEADERS.{name}")
+            templates[name] = Template(source, f"{where}.{name}")
         except TemplateError:
-            raise TemplateError(f"WEBHOOK_SECRET_HEADERS.{name}: invalid Mustache template") from None
-    return headers
+            raise TemplateError(f"{where}.{name}: invalid Mustache/Handlebars template") from None
+    return templates
 
 
 class RequestBuilder:
@@ -83,8 +84,13 @@ class RequestBuilder:
         for name, template in self.headers.items():
             if "\r" in name + template.source or "\n" in name + template.source:
                 raise TemplateError(f"WEBHOOK_HEADERS.{name}: a header cannot hold a line break")
-        self.secret_headers = _secret_headers(settings.secret_headers.get_secret_value())
+        self.secret_headers = _secret_templates(
+            settings.secret_headers.get_secret_value(), "WEBHOOK_SECRET_HEADERS", line_breaks_refused=True
+        )
         self.query = _template_map(settings.query, "WEBHOOK_QUERY")
+        self.secret_query = _secret_templates(
+            settings.secret_query.get_secret_value(), "WEBHOOK_SECRET_QUERY", line_breaks_refused=False
+        )
         self.paths = {
             name: url_template(t.source, f"WEBHOOK_PATHS.{name}")
             for name, t in _template_map(settings.paths, "WEBHOOK_PATHS").items()
@@ -129,7 +135,7 @@ class RequestBuilder:
     def needs_context(self) -> bool:
         """False when nothing is templated: the event is then forwarded without building variables."""
         templates = [self.url, *self.paths.values(), *self.headers.values(), *self.query.values()]
-        templates += self.secret_headers.values()
+        templates += [*self.secret_headers.values(), *self.secret_query.values()]
         templated = any(not t.constant for t in templates) or self.particle_defaults
         return templated or self.body_json is not None or self.body_raw is not None
 
@@ -147,6 +153,10 @@ class RequestBuilder:
         params = {name: template.render(context) for name, template in self.query.items()}
         if self.defaults_in_query:
             params = {**default_fields(context), **params}
+        secrets = []
+        for name, template in self.secret_query.items():
+            params[name] = template.render(context)
+            secrets.append(params[name])
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)
         headers = {"User-Agent": USER_AGENT}
@@ -157,7 +167,6 @@ class RequestBuilder:
             if "\r" in value or "\n" in value:
                 raise InvalidRequest(f"header {name} would contain a line break")
             headers[name] = value
-        secrets = []
         for name, template in self.secret_headers.items():
             value = template.render(context)
             if "\r" in value or "\n" in value:

@@ -121,15 +121,17 @@ class WebhookWorker(Worker):
         except InvalidRequest as err:
             raise PermanentError(str(err)) from err
         status, body, duration_ms, retry_after = await self._send(request)
-        if request.secrets:  # what a target echoes of a rendered secret header stays out of reports
-            body = Redactor(request.secrets).text(body)
+        url = request.url
+        if request.secrets:  # rendered secrets (in the query, or echoed by the target) stay out of reports
+            masking = Redactor(request.secrets)
+            body, url = masking.text(body), masking.text(url)
         details = {
-            "request": {"method": request.method, "url": request.url, "body": excerpt(request.body)},
+            "request": {"method": request.method, "url": url, "body": excerpt(request.body)},
             "response": {"status": status, "body": excerpt(body)},
             "duration_ms": duration_ms,
         }
         if status >= 400:
-            message = f"{request.method} {request.url} answered HTTP {status}: {excerpt(body)[:120]}"
+            message = f"{request.method} {url} answered HTTP {status}: {excerpt(body)[:120]}"
             if status >= 500 or status in RETRYABLE_STATUS:
                 raise RetryableError(message, retry_after=retry_after, **details)
             raise PermanentError(message, **details)
@@ -204,6 +206,8 @@ class WebhookWorker(Worker):
     async def _send(self, request: OutgoingRequest) -> tuple[int, str, int, float | None]:
         """Send the request: status, body (first 64 KiB), duration in ms, and Retry-After seconds."""
         started = time.monotonic()
+        # What errors say of the URL: without the secrets rendered into its query.
+        shown = Redactor(request.secrets).text(request.url) if request.secrets else request.url
         # Following a 301/302/303 turns a POST into a GET without its body: the message would be reported
         # delivered although it never arrived. Only GET requests follow redirects.
         follow = request.method == "GET"
@@ -216,27 +220,27 @@ class WebhookWorker(Worker):
                 status = response.status
                 location = response.headers.get("Location", "")
         except aiohttp.InvalidURL as err:
-            raise PermanentError(f"invalid request URL {request.url!r}: {err}") from err
+            raise PermanentError(f"invalid request URL {shown!r}: {err}") from err
         except aiohttp.ClientConnectorError as err:
             if isinstance(err.os_error, OutboundRefused):  # every address the name resolves to is closed
-                raise PermanentError(f"{request.method} {request.url} not sent: {err.os_error}") from err
+                raise PermanentError(f"{request.method} {shown} not sent: {err.os_error}") from err
             raise RetryableError(
-                f"{request.method} {request.url} failed: {err}", request={"method": request.method, "url": request.url}
+                f"{request.method} {shown} failed: {err}", request={"method": request.method, "url": shown}
             ) from err
         # Before ValueError: certificate errors are ValueErrors too, and may pass (a renewed certificate).
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             kind = "timed out" if isinstance(err, TimeoutError) else f"failed: {err}"
             raise RetryableError(
-                f"{request.method} {request.url} {kind}", request={"method": request.method, "url": request.url}
+                f"{request.method} {shown} {kind}", request={"method": request.method, "url": shown}
             ) from err
         except ValueError as err:
-            raise PermanentError(f"invalid request URL {request.url!r}: {err}") from err
+            raise PermanentError(f"invalid request URL {shown!r}: {err}") from err
         duration_ms = int((time.monotonic() - started) * 1000)
         if 300 <= status < 400:
             raise PermanentError(
-                f"{request.method} {request.url} answered HTTP {status}, a redirect to {location or 'nowhere'}; "
+                f"{request.method} {shown} answered HTTP {status}, a redirect to {location or 'nowhere'}; "
                 "not followed, as the request would lose its body: set the integration's URL to the new address",
-                request={"method": request.method, "url": request.url},
+                request={"method": request.method, "url": shown},
                 response={"status": status, "location": location},
             )
         return status, data.decode("utf-8", "replace"), duration_ms, retry_after

@@ -71,7 +71,7 @@ async def import_particle_webhook(
     except ValidationFailed as err:  # the template's and the image's checks, said in the definition's terms
         raise particle.in_particle_terms(err, imported) from err
     log.info("Particle webhook imported as %s/%s: %s", app_id, created.id, "; ".join(imported.notes) or "as is")
-    return created
+    return created.model_copy(update={"notes": imported.notes})
 
 
 @router.get("", response_model=Page[IntegrationPublic])
