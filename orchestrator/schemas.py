@@ -7,7 +7,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from worker_sdk.messages import Base64Str, Eui, Identifier
+from worker_sdk.messages import Base64Str, Eui, EventName, Identifier
 
 from .keys import SCOPES
 from .runtime.base import WorkerState
@@ -232,12 +232,19 @@ class ActivityPublic(BaseModel):
 
 
 class IntegrationTest(Strict):
-    """A sample uplink to send through one integration (the console's TEST button)."""
+    """A sample uplink, or named event, to send through one integration (the console's TEST button)."""
 
-    device_id: Identifier | None = Field(None, description="Default: the application's first device")
+    device_id: Identifier | None = Field(
+        None, description="Default: the first of the integration's devices, else the application's first device"
+    )
     f_port: int = Field(1, ge=1, le=223)
     frm_payload: Base64Str = Field("AQID", description="base64")
     decoded_payload: dict[str, Any] = Field(default_factory=lambda: {"temperature": 21.5, "humidity": 48})
+    event_name: EventName | None = Field(
+        None,
+        description="Send a named event (Particle's publish) with this name and decoded_payload as its JSON data; "
+        "default: one named by the integration's event prefix when it selects named events and not uplinks",
+    )
 
 
 class TestOutcome(BaseModel):

@@ -143,9 +143,11 @@ def install_problem_handlers(app: FastAPI) -> None:
             message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
             if item.get("type") == "extra_forbidden":
                 message = "unknown field"
-            if item.get("type") == "json_invalid":
+            field = _field(tuple(item.get("loc", ())))
+            if item.get("type") == "json_invalid":  # its location ends with a character offset, not a field
                 message = f"body is not valid JSON ({item.get('ctx', {}).get('error', 'parse error')})"
-            errors.append({"field": _field(tuple(item.get("loc", ()))), "message": message})
+                field = "(body)"
+            errors.append({"field": field, "message": message})
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem(422, "Invalid input", detail, errors=errors)
 

@@ -3,12 +3,13 @@ confirmed downlink, data from a service, a solved location. Checked here; pure f
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from worker_sdk.messages import Timestamp, describe_errors
+from worker_sdk.messages import EventName, Timestamp, describe_errors
 
 from .uplinks import Limits, check_size, rejected, unwrap
 
@@ -78,8 +79,16 @@ class Publish(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-/]{1,64}$", description="1-64 letters, digits, _, - and /")
+    name: EventName = Field(description="1-64 letters, digits, _, - and /")
     data: str = Field("", max_length=16384)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_is_text(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"must be text, as Particle's data is: send {json.dumps(json.dumps(value))}")
+        return value
+
     ttl: int = Field(60, ge=0, le=16777215)
     private: bool = True
     published_at: Timestamp | None = None

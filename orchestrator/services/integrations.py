@@ -231,28 +231,45 @@ class IntegrationService:
         }
 
     async def test(self, app_id: str, integration_id: str, body: IntegrationTest) -> TestOutcome:
-        """Send a sample uplink through this integration only, and report what happened (delivery or error)."""
+        """Send a sample uplink (or named event) through this integration only, and report what happened (delivery
+        or error). It is one the integration selects: a named event under its prefix when it takes no uplinks, from
+        one of its devices when it names some."""
         record = await self.db.run(store.get_integration, app_id, integration_id)
         if not record.enabled or record.actual_state != WorkerState.RUNNING:
             raise ConflictError(f"integration {integration_id} is {record.actual_state}, not running; enable it first")
-        device_id = body.device_id
+        config = record.config or {}
+        selected = [name.strip() for name in str(config.get("events") or "uplink").split(",")]
+        chosen_devices = [name.strip() for name in str(config.get("devices") or "").split(",") if name.strip()]
+        device_id = body.device_id or (chosen_devices[0] if chosen_devices else None)
         if device_id is None:
             devices, _ = await self.db.read(device_store.list_devices, app_id=app_id, limit=1, offset=0)
             device_id = devices[0]["device_id"] if devices else "test-device"
         device = self.handler.device(app_id, device_id) or {}
         correlation_id = f"test:{uuid.uuid4().hex}"
         received_at = now_iso()
-        uplink = {
+        uplink: dict[str, Any] = {
             "end_device_ids": end_device_ids(app_id, device_id, device.get("dev_eui"), device.get("join_eui")),
             "correlation_ids": [correlation_id],
             "received_at": received_at,
-            "uplink_message": {
+        }
+        event_name = body.event_name
+        if event_name is None and "publish" in selected and "uplink" not in selected:
+            event_name = str(config.get("event_prefix") or "") or "test"
+        if event_name is not None:  # Particle's named event, its data the sample's JSON
+            uplink["publish"] = {
+                "name": event_name,
+                "data": json.dumps(body.decoded_payload, separators=(",", ":")),
+                "ttl": 60,
+                "private": True,
+                "published_at": received_at,
+            }
+        else:
+            uplink["uplink_message"] = {
                 "f_port": body.f_port,
                 "frm_payload": body.frm_payload,
                 "decoded_payload": body.decoded_payload,
                 "received_at": received_at,
-            },
-        }
+            }
         with self.bus.listening(app_id) as listener:  # listen before sending, so the answer cannot slip by
             await self.bus.publish(topics.integration_topic(app_id, integration_id, "test"), uplink)
             answer = await _wait_for_answer(listener, integration_id, correlation_id)

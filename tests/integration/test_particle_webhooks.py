@@ -154,3 +154,32 @@ def test_what_goes_back_to_the_device_holds_no_secret_and_no_internals(
     activity = orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations/short/activity", 200).json()
     assert any("600 bytes; at most 512" in item["message"] for item in activity if item["kind"] == "error")
     device.close()
+
+
+def test_the_test_button_sends_a_named_event_the_webhook_selects(
+    orchestrator: RunningOrchestrator, sink: HttpSink
+) -> None:
+    """A Particle-style webhook takes only `temp…` events of photon-2: its test sends one, and it is delivered."""
+    orchestrator.create_application(APP)
+    for device in ("photon-1", "photon-2"):
+        orchestrator.create_device(APP, device)
+    config = {
+        "url": sink.url + "/hook/{{PARTICLE_EVENT_NAME}}/{{PARTICLE_DEVICE_ID}}",
+        "events": "publish",
+        "event_prefix": "temp",
+        "devices": "photon-2",
+        "body_format": "none",
+        "particle_defaults": True,
+    }
+    orchestrator.create_integration(APP, id="hook", template_id="webhook", config=config)
+    orchestrator.wait_state(APP, "hook", "running")
+    base = f"/api/v1/applications/{APP}/integrations/hook/test"
+    outcome = orchestrator.call("POST", base, 200, json={}).json()
+    assert outcome["outcome"] == "delivered", outcome
+    assert [request.path for request in sink.accepted()] == ["/hook/temp/photon-2"]
+    form = parse_qs(sink.accepted()[0].body.decode())
+    assert form["data"] == ['{"temperature":21.5,"humidity":48}'] and form["coreid"] == ["photon-2"]
+    named = orchestrator.call("POST", base, 200, json={"event_name": "temp/kitchen"}).json()
+    assert named["outcome"] == "delivered" and sink.accepted()[-1].path == "/hook/temp%2Fkitchen/photon-2"
+    refused = orchestrator.call("POST", base, 422, json={"event_name": "has space"}).json()
+    assert refused["errors"][0]["field"] == "event_name" and "Particle's rule" in refused["errors"][0]["message"]

@@ -21,6 +21,7 @@ from pydantic import (
 
 ID_PATTERN = r"^[a-z0-9](?:-?[a-z0-9]){2,35}$"
 EUI_PATTERN = r"^[0-9A-Fa-f]{16}$"
+EVENT_NAME_PATTERN = r"[A-Za-z0-9_\-/]{1,64}"
 DOWNLINK_NAME_PATTERN = r"^[A-Za-z0-9_\-/.:]{1,255}$"  # ASCII only: \w would let other alphabets in
 
 
@@ -66,7 +67,14 @@ def _check_downlink_name(value: str) -> str:
     return value
 
 
+def _check_event_name(value: str) -> str:
+    if not re.fullmatch(EVENT_NAME_PATTERN, value):
+        raise ValueError("must be 1 to 64 letters, digits, _, - or / (Particle's rule for event names)")
+    return value
+
+
 Identifier = Annotated[str, AfterValidator(_check_identifier)]
+EventName = Annotated[str, AfterValidator(_check_event_name)]
 Timestamp = Annotated[str, AfterValidator(_check_time)]
 Eui = Annotated[str, AfterValidator(_check_eui)]
 DownlinkName = Annotated[str, AfterValidator(_check_downlink_name)]
@@ -151,7 +159,7 @@ def describe_errors(err: ValidationError, prefix: str = "") -> list[dict[str, st
     for item in err.errors(include_url=False):
         path = ".".join(str(part) for part in item["loc"])
         field = ".".join(part for part in (prefix, path) if part)
-        message = item["msg"].removeprefix("Value error, ")
+        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
         problems.append({"field": field or "(body)", "message": message})
     return problems
 

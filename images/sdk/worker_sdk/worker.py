@@ -400,11 +400,13 @@ class Worker:
 
     async def _on_test(self, topic: str, payload: bytes) -> None:
         try:
-            device_id = str(json.loads(payload)["end_device_ids"]["device_id"])
+            message = json.loads(payload)
+            device_id = str(message["end_device_ids"]["device_id"])
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed test message")
             return
-        await self._on_message(topics.device_topic(self.app_id, device_id, "up"), payload)
+        kind = "publish" if "publish" in message else "up"  # a sample named event, else a sample uplink
+        await self._on_message(topics.device_topic(self.app_id, device_id, kind), payload)
 
     async def _on_replay(self, topic: str, payload: bytes) -> None:
         """A dead letter sent again: handled as when it first came (copies are not looked for: it was handled
