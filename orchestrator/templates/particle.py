@@ -6,6 +6,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+from worker_sdk.messages import ID_PATTERN
 
 from ..errors import ValidationFailed
 from ..schemas import IntegrationCreate
@@ -61,6 +64,8 @@ DEFINITION_SCHEMA: dict[str, Any] = {
     "anyOf": [{"required": ["event"]}, {"required": ["eventName"]}],
     "additionalProperties": False,
 }
+# What Particle's console and API add when they show or export a webhook: not part of the definition.
+EXPORT_ONLY = frozenset({"id", "created_at", "integration_type", "productIdOrSlug", "orgIdOrSlug", "counter"})
 FIELDS = frozenset(DEFINITION_SCHEMA["properties"])
 # Particle's documented example (docs.particle.io, webhooks reference).
 EXAMPLE: dict[str, Any] = {
@@ -142,7 +147,9 @@ def convert(definition: Any) -> ParticleImport:
         raise ParticleDefinitionInvalid([{"field": "(body)", "message": "must be a JSON object"}])
     read = _Conversion(definition)
     for name in definition:
-        if name not in FIELDS:
+        if name in EXPORT_ONLY:
+            read.notes.append(f"{name}: left out (what Particle adds when it shows a webhook)")
+        elif name not in FIELDS:
             read.refuse(name, "not a field of Particle webhook definitions that this import knows")
     _event_prefix(read)
     url = read.text("url")
@@ -163,7 +170,8 @@ def convert(definition: Any) -> ParticleImport:
     if verify is not None:
         read.put("tls_verify", verify, "rejectUnauthorized")
     _devices(read)
-    name = read.text("name") or ""
+    # Without a name, one that tells the imported webhooks apart in a list: its event prefix and host.
+    name = read.text("name") or _default_name(read)
     if len(name) > NAME_MAX_LENGTH:
         read.refuse("name", f"must be at most {NAME_MAX_LENGTH} characters")
     disabled = read.flag("disabled")
@@ -309,12 +317,22 @@ def _responses(read: _Conversion) -> None:
     read.put("particle_defaults", not read.flag("noDefaults"), "noDefaults")
 
 
+def _default_name(read: _Conversion) -> str:
+    prefix = read.config.get("event_prefix", "")
+    host = urlsplit(str(read.config.get("url", ""))).hostname or ""
+    return f"Particle webhook: {prefix or 'every event'}" + (f" → {host}" if host and "{" not in host else "")
+
+
 def _devices(read: _Conversion) -> None:
     """deviceID: one device's events only; mydevices: false asks for devices that are not the user's."""
     device = read.text("deviceID")
     if device is not None:
-        if not device or "," in device or device != device.strip():
-            read.refuse("deviceID", "must be one device id (no commas or spaces)")
+        if not re.fullmatch(ID_PATTERN, device):
+            read.refuse(
+                "deviceID",
+                "must be one device id as registered here: 3 to 36 lowercase letters, digits and dashes (register "
+                "devices under their Particle id, e.g. e00fce68…, so coreid and PARTICLE_DEVICE_ID stay the same)",
+            )
         else:
             read.put("devices", device, "deviceID")
     if read.flag("mydevices") is False:

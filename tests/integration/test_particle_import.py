@@ -100,7 +100,9 @@ def test_a_refusal_names_each_particle_field(orchestrator: RunningOrchestrator) 
     assert_no_secret(json.dumps(closed))
 
     not_an_object = orchestrator.call("POST", IMPORT, 422, json=[definition("http://example.com")]).json()
-    assert not_an_object["errors"][0]["field"] == "(body)"
+    assert not_an_object["errors"][0] == {"field": "(body)", "message": "must be a JSON object"}
+    broken = orchestrator.call("POST", IMPORT, 422, content=b'{"event": ').json()
+    assert broken["errors"][0]["field"] == "(body)" and "not valid JSON" in broken["errors"][0]["message"]
     assert orchestrator.call("GET", f"/api/v1/applications/{APP}/integrations", 200).json()["total"] == 0
 
     reader = orchestrator.create_key(APP, "integrations:read")
@@ -109,6 +111,15 @@ def test_a_refusal_names_each_particle_field(orchestrator: RunningOrchestrator) 
     )
     assert denied.status_code == 403 and "manage" in denied.json()["detail"]
     orchestrator.call("POST", IMPORT.replace(APP, "no-such-app"), 404, json=definition("http://example.com"))
+    # As `curl -d @hook.json` sends it: a form content type, a JSON body.
+    as_curl = orchestrator.call(
+        "POST",
+        IMPORT,
+        201,
+        content=json.dumps(definition("http://example.com")).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ).json()
+    assert as_curl["name"].startswith("Particle webhook: ")
 
 
 def test_the_cli_imports_a_file_and_says_each_outcome(orchestrator: RunningOrchestrator, tmp_path: Path) -> None:

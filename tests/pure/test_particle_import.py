@@ -46,7 +46,7 @@ def config_of(**definition: Any) -> dict[str, Any]:
 def test_particles_documented_example_maps_exactly() -> None:
     imported = particle.convert(EXAMPLE)
     assert imported.request.template_id == "webhook"
-    assert imported.request.name == "" and imported.request.enabled is True
+    assert imported.request.name == "Particle webhook: Metric → example.com" and imported.request.enabled is True
     assert imported.request.config == {
         "event_prefix": "Metric",
         "events": "publish",
@@ -102,9 +102,19 @@ def test_the_converted_example_is_a_valid_webhook_configuration() -> None:
 
 
 def test_unknown_fields_are_refused_each_by_name() -> None:
-    found = refusals({**MINIMAL, "integration_type": "Webhook", "colour": "red"})
-    assert set(found) == {"integration_type", "colour"}
+    found = refusals({**MINIMAL, "integration_type": "Webhook", "colour": "red", "nam": "x"})
+    assert set(found) == {"colour", "nam"}  # what Particle adds to an export (integration_type) is left out
     assert "not a field" in found["colour"]
+
+
+def test_an_export_imports_with_its_metadata_left_out_and_device_ids_checked() -> None:
+    exported = {**MINIMAL, "id": "5f1a", "created_at": "2026-01-01T00:00:00Z", "integration_type": "Webhook"}
+    imported = particle.convert(exported)
+    assert "id: left out (what Particle adds when it shows a webhook)" in imported.notes
+    assert particle.convert({**MINIMAL, "deviceID": "e00fce68a1b2c3d4e5f6a7b8"}).request.config["devices"] == (
+        "e00fce68a1b2c3d4e5f6a7b8"
+    )
+    assert "register devices under their Particle id" in refusals({**MINIMAL, "deviceID": "My_Photon!"})["deviceID"]
 
 
 def test_json_form_and_body_exclude_each_other() -> None:

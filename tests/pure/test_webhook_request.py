@@ -248,6 +248,9 @@ def test_a_particle_definition_renders_a_named_event_as_particle_would() -> None
         "t": 21.5,  # keys of JSON data are variables, as on Particle
         "at": "2026-01-02T03:04:05Z",
     }
+    clashing = {**publish, "data": '{"device": "sensor-a", "message": "hi", "PARTICLE_DEVICE_ID": "x"}'}
+    named = build_context(Event("publish", "t", "app-1", "dev-1", {**payload, "publish": clashing}), "hook")
+    assert (named["device"], named["message"], named["PARTICLE_DEVICE_ID"]) == ("sensor-a", "hi", "dev-1")
     uplink = build_context(event_for(UPLINK), "hook")
     assert uplink["PARTICLE_EVENT_NAME"] == "uplink"
     assert json.loads(uplink["PARTICLE_EVENT_VALUE"])["temperature"] == 21.5

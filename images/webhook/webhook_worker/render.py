@@ -106,7 +106,7 @@ def particle_variables(event: Event, context: dict[str, Any]) -> dict[str, Any]:
     """Particle's webhook variables (and their legacy SPARK_ names), so its definitions render as they do there.
     A named event (`publish`) gives its name and data; any other event its own name, and the decoded payload
     (as JSON) or the raw payload as its value. Keys of data that is a JSON object become variables too, as on
-    Particle, unless ours has the name."""
+    Particle, and win over ours of the same name."""
     publish = event.payload.get("publish") if event.name == "publish" else None
     if isinstance(publish, dict):
         name, value = event.event_name, str(publish.get("data", ""))
@@ -135,7 +135,9 @@ def particle_variables(event: Event, context: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             data = None
         if isinstance(data, dict):
-            found |= {key: item for key, item in data.items() if key not in context and key not in found}
+            # As on Particle, where a definition's other names all come from the data: they win over ours
+            # (`device`, `message`, ...), never over Particle's own variables.
+            found |= {key: item for key, item in data.items() if key not in found}
     return found
 
 

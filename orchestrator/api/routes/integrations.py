@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, status
+from fastapi import APIRouter, Query, Request, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from ...errors import ValidationFailed
@@ -60,11 +60,16 @@ async def validate_integration(
     },
 )
 async def import_particle_webhook(
-    app_id: str, definition: Annotated[dict[str, Any], Body()], services: ServicesDep, who: PrincipalDep
+    app_id: str, request: Request, services: ServicesDep, who: PrincipalDep
 ) -> IntegrationCreated:
     """Create a webhook integration from a Particle webhook definition (the JSON `particle webhook create` takes);
     a 422 names each Particle field it cannot take."""
     who.require(app_id, "manage")
+    # Read as JSON whatever the Content-Type says (curl -d sends a form type), with one error shape for all.
+    try:
+        definition = json.loads(await request.body())
+    except ValueError as err:
+        raise particle.ParticleDefinitionInvalid([{"field": "(body)", "message": f"not valid JSON ({err})"}]) from err
     imported = particle.convert(definition)
     try:
         created = await services.integrations.create(app_id, imported.request)
