@@ -25,9 +25,11 @@ def page_answer(page: dict[str, Any]) -> Response:
 
 
 def resume_after(last_event_id: str | None, largest: int) -> int | None:
-    """The log id a stream resumes after, from its Last-Event-ID header (anything but digits: from now on)."""
-    if not last_event_id or not last_event_id.strip().isdigit():
+    """The log id a stream resumes after, from its Last-Event-ID header (none: from now on)."""
+    if not last_event_id or not last_event_id.strip():
         return None
+    if not last_event_id.strip().isdigit():  # streams send only digits: anything else is a client's mistake
+        raise ValidationFailed([{"field": "header.last-event-id", "message": "must be the id of an event (digits)"}])
     after = int(last_event_id)
     if after > largest:
         raise ValidationFailed([{"field": "header.last-event-id", "message": f"at most {largest}"}])

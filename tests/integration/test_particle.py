@@ -108,6 +108,16 @@ def test_a_client_built_for_particles_stream_reads_named_events(orchestrator: Ru
         f"{orchestrator.url}/v1/events?access_token={key}", headers={"Last-Event-ID": "9" * 25}, timeout=10
     )
     assert too_far.status_code == 422 and "last-event-id" in too_far.text
+    garbage = httpx.get(f"{orchestrator.url}/v1/events?access_token={key}", headers={"Last-Event-ID": "abc"})
+    assert garbage.status_code == 422 and "digits" in garbage.text
+    unknown = httpx.get(f"{orchestrator.url}/v1/devices/nope/events/temp?access_token={key}", timeout=10)
+    assert unknown.status_code == 404 and "nope" in unknown.text
+    admin_in_url = httpx.get(f"{orchestrator.url}/v1/events?access_token={orchestrator.token}", timeout=10)
+    assert "in a URL" in admin_in_url.json()["detail"]
+    token = orchestrator.call("POST", f"/api/v1/applications/{APP}/events/tokens", 201).json()["token"]
+    with httpx.stream("GET", f"{orchestrator.url}/v1/events/temp?stream_token={token}", timeout=10) as opened:
+        assert opened.status_code == 200
+        assert next(opened.iter_text()).startswith(": ok")
 
 
 # Node's own fetch reads the stream and prints it as it comes; an answer other than 200 is printed too.

@@ -26,19 +26,19 @@ async def particle_reader(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     access_token: Annotated[str | None, Query(description="An application key (ik.…) or a stream token")] = None,
+    stream_token: Annotated[str | None, Query(description="A stream token (st.…), as our own stream takes it")] = None,
 ) -> Principal:
     """The application whose events the caller reads: a key (or stream token) says which. The admin token,
     which names no application, is refused; in a URL it would end up in logs."""
-    if credentials is not None:
-        who = services.keys.authenticate(credentials.credentials)
-    elif access_token and access_token.startswith("st."):
-        who = services.keys.authenticate_stream(access_token)
-    elif access_token and access_token.startswith("ik."):
-        who = services.keys.authenticate(access_token)
-    else:
+    token = credentials.credentials if credentials is not None else access_token or stream_token
+    if not token:
         raise AuthenticationError("send access_token=<application key> or Authorization: Bearer <application key>")
+    who = services.keys.authenticate_stream(token) if token.startswith("st.") else services.keys.authenticate(token)
     if who.admin or who.application_id is None:
-        raise AuthenticationError("the event stream is an application's: use one of its keys, not the admin token")
+        where = "" if credentials is not None else " It was in a URL, which ends up in logs: replace it."
+        raise AuthenticationError(
+            "the event stream is an application's: use one of its keys, not the admin token, which names none." + where
+        )
     who.require(who.application_id, "messages:read")
     return who
 
@@ -109,4 +109,5 @@ async def one_device_events(
     device_id: str, services: ServicesDep, who: ReaderDep, prefix: str = "", last_event_id: LastEventId = None
 ) -> object:
     """Named events of one device whose name starts with `prefix`."""
+    await services.devices.get(str(who.application_id), device_id)  # an unknown device is a 404, not silence
     return await _stream(services, who, prefix, device_id, last_event_id)
