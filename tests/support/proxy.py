@@ -73,6 +73,9 @@ class CuttableRelay:
             pass
         finally:
             for end in (source, sink):
+                # shutdown first: close() alone leaves the other pump blocked in recv() and its peer connected
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     end.close()
             with self._lock:
