@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -37,8 +38,10 @@ from ..secretbox import SecretBox
 from ..store import applications as application_store
 from ..store import devices as device_store
 from ..store import integrations as store
-from ..templates import TemplateRegistry
+from ..templates import TemplateRegistry, particle
 from .keys import KeyService
+
+log = logging.getLogger(__name__)
 
 TEST_TIMEOUT_SECONDS = 20.0
 
@@ -126,6 +129,24 @@ class IntegrationService:
         except ValidationFailed as err:
             return ValidationResult(valid=False, errors=err.errors)
         return ValidationResult(valid=True)
+
+    async def import_particle(self, app_id: str, body: bytes) -> IntegrationCreated:
+        """A webhook integration from a Particle webhook definition (JSON, whatever the request's content type
+        said); ValidationFailed names each Particle field it cannot take, and the answer's notes say what became
+        of the others."""
+        try:
+            definition = json.loads(body)
+        except ValueError as err:
+            raise particle.ParticleDefinitionInvalid(
+                [{"field": "(body)", "message": f"not valid JSON ({err})"}]
+            ) from err
+        imported = particle.convert(definition)
+        try:
+            created = await self.create(app_id, imported.request)
+        except ValidationFailed as err:  # the template's and the image's checks, said in the definition's terms
+            raise particle.in_particle_terms(err, imported) from err
+        log.info("Particle webhook imported as %s/%s: %s", app_id, created.id, "; ".join(imported.notes) or "as is")
+        return created.model_copy(update={"notes": imported.notes})
 
     async def create(self, app_id: str, data: IntegrationCreate) -> IntegrationCreated:
         """Create from a template and field values, with a worker key; the worker starts right away (if enabled)."""

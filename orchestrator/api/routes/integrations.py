@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Query, Request, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from ...errors import ValidationFailed
 from ...runtime.base import WorkerState
 from ...schemas import (
     ActivityPublic,
@@ -28,7 +25,6 @@ from ..deps import MAX_OFFSET, PrincipalDep, ServicesDep
 from ..responses import page_answer
 
 router = APIRouter(prefix="/api/v1/applications/{app_id}/integrations", tags=["integrations"])
-log = logging.getLogger(__name__)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=IntegrationCreated)
@@ -65,18 +61,7 @@ async def import_particle_webhook(
     """Create a webhook integration from a Particle webhook definition (the JSON `particle webhook create` takes);
     a 422 names each Particle field it cannot take."""
     who.require(app_id, "manage")
-    # Read as JSON whatever the Content-Type says (curl -d sends a form type), with one error shape for all.
-    try:
-        definition = json.loads(await request.body())
-    except ValueError as err:
-        raise particle.ParticleDefinitionInvalid([{"field": "(body)", "message": f"not valid JSON ({err})"}]) from err
-    imported = particle.convert(definition)
-    try:
-        created = await services.integrations.create(app_id, imported.request)
-    except ValidationFailed as err:  # the template's and the image's checks, said in the definition's terms
-        raise particle.in_particle_terms(err, imported) from err
-    log.info("Particle webhook imported as %s/%s: %s", app_id, created.id, "; ".join(imported.notes) or "as is")
-    return created.model_copy(update={"notes": imported.notes})
+    return await services.integrations.import_particle(app_id, await request.body())
 
 
 @router.get("", response_model=Page[IntegrationPublic])
