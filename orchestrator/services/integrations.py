@@ -140,7 +140,14 @@ class IntegrationService:
             raise particle.ParticleDefinitionInvalid(
                 [{"field": "(body)", "message": f"not valid JSON ({err})"}]
             ) from err
-        imported = particle.convert(definition)
+        imported = particle.read_definition(definition)
+        if imported.problems:  # and what the template and image refuse in the rest: every problem at once
+            checked = await self.validate(app_id, imported.request)
+            converted = [problem for problem in checked.errors if problem["field"] in imported.origins]
+            more = particle.in_particle_terms(ValidationFailed(converted), imported).errors if converted else []
+            refused = {problem["field"] for problem in imported.problems}
+            problems = imported.problems + [problem for problem in more if problem["field"] not in refused]
+            raise particle.ParticleDefinitionInvalid(problems)
         try:
             created = await self.create(app_id, imported.request)
         except ValidationFailed as err:  # the template's and the image's checks, said in the definition's terms

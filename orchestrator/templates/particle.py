@@ -88,6 +88,7 @@ class ParticleImport:
     request: IntegrationCreate
     origins: dict[str, str] = field(default_factory=dict)  # API field (`config.url`) -> Particle field
     notes: list[str] = field(default_factory=list)
+    problems: list[dict[str, str]] = field(default_factory=list)  # what it refused: request holds the rest
 
 
 class _Conversion:
@@ -143,6 +144,15 @@ class _Conversion:
 def convert(definition: Any) -> ParticleImport:
     """The webhook integration a Particle webhook definition describes; ParticleDefinitionInvalid names each
     field it cannot take."""
+    imported = read_definition(definition)
+    if imported.problems:
+        raise ParticleDefinitionInvalid(imported.problems)
+    return imported
+
+
+def read_definition(definition: Any) -> ParticleImport:
+    """What of a definition converts, and each field that does not (`problems`), so the template's own checks can
+    run on the rest and a user hears of every problem at once. Only a body that is no object is refused here."""
     if not isinstance(definition, dict):
         raise ParticleDefinitionInvalid([{"field": "(body)", "message": "must be a JSON object"}])
     read = _Conversion(definition)
@@ -175,12 +185,15 @@ def convert(definition: Any) -> ParticleImport:
     if len(name) > NAME_MAX_LENGTH:
         read.refuse("name", f"must be at most {NAME_MAX_LENGTH} characters")
     disabled = read.flag("disabled")
-    if read.problems:
-        raise ParticleDefinitionInvalid(read.problems)
     # The create request's own fields, and problems on the configuration as a whole
     read.origins.update({"name": "name", "enabled": "disabled", "config": "(body)"})
-    request = IntegrationCreate(template_id=TEMPLATE_ID, name=name, config=read.config, enabled=not disabled)
-    return ParticleImport(request=request, origins=read.origins, notes=read.notes)
+    request = IntegrationCreate(
+        template_id=TEMPLATE_ID,
+        name=name if len(name) <= NAME_MAX_LENGTH else "",
+        config=read.config,
+        enabled=not disabled,
+    )
+    return ParticleImport(request=request, origins=read.origins, notes=read.notes, problems=read.problems)
 
 
 def in_particle_terms(err: ValidationFailed, imported: ParticleImport) -> ParticleDefinitionInvalid:

@@ -99,6 +99,10 @@ def test_a_refusal_names_each_particle_field(orchestrator: RunningOrchestrator) 
     assert "169.254.169.254" in closed["errors"][0]["message"]
     assert_no_secret(json.dumps(closed))
 
+    # Every problem at once: the import's own (event) and the template's (url) in one answer.
+    both = orchestrator.call("POST", IMPORT, 422, json={"event": "bad name", "url": "ftp://x"}).json()
+    assert {problem["field"] for problem in both["errors"]} == {"event", "url"}
+
     not_an_object = orchestrator.call("POST", IMPORT, 422, json=[definition("http://example.com")]).json()
     assert not_an_object["errors"][0] == {"field": "(body)", "message": "must be a JSON object"}
     broken = orchestrator.call("POST", IMPORT, 422, content=b'{"event": ').json()
