@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +29,7 @@ def resume_after(last_event_id: str | None, largest: int) -> int | None:
     """The log id a stream resumes after, from its Last-Event-ID header (none: from now on)."""
     if not last_event_id or not last_event_id.strip():
         return None
-    if not last_event_id.strip().isdigit():  # streams send only digits: anything else is a client's mistake
+    if not re.fullmatch(r"[0-9]+", last_event_id.strip()):  # streams send only digits: else a client's mistake
         raise ValidationFailed([{"field": "header.last-event-id", "message": "must be the id of an event (digits)"}])
     after = int(last_event_id)
     if after > largest:

@@ -268,6 +268,13 @@ class IntegrationService:
         config = record.config or {}
         selected = [name.strip() for name in str(config.get("events") or "uplink").split(",")]
         chosen_devices = [name.strip() for name in str(config.get("devices") or "").split(",") if name.strip()]
+        prefix = str(config.get("event_prefix") or "")
+        if body.device_id and chosen_devices and body.device_id not in chosen_devices:
+            message = f"the integration takes only the events of {', '.join(chosen_devices)}"
+            raise ValidationFailed([{"field": "device_id", "message": message}])
+        if body.event_name is not None and not body.event_name.startswith(prefix):
+            message = f"the integration takes only events whose name starts with {prefix!r}"
+            raise ValidationFailed([{"field": "event_name", "message": message}])
         device_id = body.device_id or (chosen_devices[0] if chosen_devices else None)
         if device_id is None:
             devices, _ = await self.db.read(device_store.list_devices, app_id=app_id, limit=1, offset=0)
@@ -281,8 +288,9 @@ class IntegrationService:
             "received_at": received_at,
         }
         event_name = body.event_name
-        if event_name is None and "publish" in selected and "uplink" not in selected:
-            event_name = str(config.get("event_prefix") or "") or "test"
+        takes_uplinks = "uplink" in selected and "uplink".startswith(prefix)
+        if event_name is None and "publish" in selected and not takes_uplinks:
+            event_name = prefix or "test"
         if event_name is not None:  # Particle's named event, its data the sample's JSON
             uplink["publish"] = {
                 "name": event_name,

@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from worker_sdk.messages import ID_PATTERN
 
@@ -20,7 +20,9 @@ BODY_FIELDS = ("json", "form", "body")
 DEFAULT_RESPONSE_TOPIC = "{{PARTICLE_DEVICE_ID}}/hook-response/{{PARTICLE_EVENT_NAME}}"
 DEFAULT_ERROR_RESPONSE_TOPIC = "{{PARTICLE_DEVICE_ID}}/hook-error/{{PARTICLE_EVENT_NAME}}"
 # Headers whose values are credentials go to the sealed, write-only `secret_headers`.
-SECRET_NAME = re.compile("key|token|secret|password|auth", re.IGNORECASE)
+# A credential's name: a word of it (api_key, X-Api-Key, accessToken, Authorization), not any word holding
+# one (author, monkey).
+SECRET_NAME = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|password|passwd|auth|authorization)(?:_|$)")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: anything else fails only when sent
 # A prefix with any other character could match no event: names here follow Particle's rule.
 EVENT_PREFIX = re.compile(r"[A-Za-z0-9_\-/]{1,64}")
@@ -166,7 +168,7 @@ def read_definition(definition: Any) -> ParticleImport:
     if "url" not in read.values:
         read.refuse("url", "is required: where the webhook sends requests")
     elif url is not None:
-        read.put("url", url, "url")
+        read.put("url", _url_without_credentials(read, url), "url")
     method = read.values.get("requestType", "POST")
     if not isinstance(method, str) or method.upper() not in METHODS:
         read.refuse("requestType", "must be one of " + ", ".join(METHODS))
@@ -253,6 +255,12 @@ def _body(read: _Conversion) -> str | None:
         return None
     read.put("body_format", name, name)
     read.put("body", json.dumps(value, ensure_ascii=False), name)
+    credentials = [key for key in value if _is_credential(str(key))]
+    if credentials:  # a body is sent as written, and excerpts of it show in delivery events
+        read.notes.append(
+            f"{name} {', '.join(credentials)}: looks like a credential, sent in the body as written and shown in "
+            "delivery excerpts; a header or query parameter of that name would be sealed"
+        )
     return name
 
 
@@ -270,7 +278,7 @@ def _headers(read: _Conversion, body_source: str | None) -> None:
         elif name.lower() == "content-type" and body_source == "body":
             read.put("content_type", value, field_name)
             read.notes.append(f"{field_name}: the raw body's content type")
-        elif SECRET_NAME.search(name):
+        elif _is_credential(name):
             secret[name] = value
             if name.lower() == "authorization" and "auth" in read.values:
                 # the worker sends auth's Basic header over this one: one of them would be dropped unseen
@@ -285,15 +293,34 @@ def _headers(read: _Conversion, body_source: str | None) -> None:
         read.notes.append(f"headers {', '.join(secret)}: kept as secret headers (sealed, write-only)")
 
 
+def _is_credential(name: str) -> bool:
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower().replace("-", "_")
+    return SECRET_NAME.search(words) is not None
+
+
+def _url_without_credentials(read: _Conversion, url: str) -> str:
+    """The URL with the credentials of its query string (`?api_key=…`, ThingSpeak's way) moved to the sealed
+    query parameters."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret = {name: value for name, value in pairs if _is_credential(name)}
+    if not secret or "{{" in parts.query:
+        return url
+    read.put("secret_query", {**read.config.get("secret_query", {}), **secret}, "url")
+    read.notes.append(f"url ?{', '.join(secret)}: moved to secret query parameters (sealed, write-only)")
+    kept = urlencode([(name, value) for name, value in pairs if name not in secret])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, kept, parts.fragment))
+
+
 def _query(read: _Conversion) -> None:
     """Query parameters; those named like credentials (`api_key`, `token`) are sealed, as headers are."""
     query = read.text_map("query", "query parameter") or {}
-    plain = {name: value for name, value in query.items() if not SECRET_NAME.search(name)}
-    secret = {name: value for name, value in query.items() if SECRET_NAME.search(name)}
+    plain = {name: value for name, value in query.items() if not _is_credential(name)}
+    secret = {name: value for name, value in query.items() if _is_credential(name)}
     if plain:
         read.put("query", plain, "query")
     if secret:
-        read.put("secret_query", secret, "query")
+        read.put("secret_query", {**read.config.get("secret_query", {}), **secret}, "query")
         read.notes.append(f"query {', '.join(secret)}: kept as secret query parameters (sealed, write-only)")
 
 
@@ -333,7 +360,8 @@ def _responses(read: _Conversion) -> None:
 def _default_name(read: _Conversion) -> str:
     prefix = read.config.get("event_prefix", "")
     host = urlsplit(str(read.config.get("url", ""))).hostname or ""
-    return f"Particle webhook: {prefix or 'every event'}" + (f" → {host}" if host and "{" not in host else "")
+    name = f"Particle webhook: {prefix or 'every event'}" + (f" → {host}" if host and "{" not in host else "")
+    return name[:NAME_MAX_LENGTH]
 
 
 def _devices(read: _Conversion) -> None:

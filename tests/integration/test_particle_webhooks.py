@@ -170,6 +170,7 @@ def test_the_test_button_sends_a_named_event_the_webhook_selects(
         "devices": "photon-2",
         "body_format": "none",
         "particle_defaults": True,
+        "response_topic": "{{PARTICLE_DEVICE_ID}}/hook-response/{{PARTICLE_EVENT_NAME}}",
     }
     orchestrator.create_integration(APP, id="hook", template_id="webhook", config=config)
     orchestrator.wait_state(APP, "hook", "running")
@@ -183,3 +184,11 @@ def test_the_test_button_sends_a_named_event_the_webhook_selects(
     assert named["outcome"] == "delivered" and sink.accepted()[-1].path == "/hook/temp%2Fkitchen/photon-2"
     refused = orchestrator.call("POST", base, 422, json={"event_name": "has space"}).json()
     assert refused["errors"][0]["field"] == "event_name" and "Particle's rule" in refused["errors"][0]["message"]
+    # A sample the integration would leave alone is refused, saying why, instead of waiting for nothing.
+    other = orchestrator.call("POST", base, 422, json={"event_name": "humidity"}).json()["errors"][0]
+    assert other["field"] == "event_name" and "'temp'" in other["message"]
+    elsewhere = orchestrator.call("POST", base, 422, json={"device_id": "photon-1"}).json()["errors"][0]
+    assert elsewhere["field"] == "device_id" and "photon-2" in elsewhere["message"]
+    # The device published nothing: the samples' answers are not sent to it.
+    history = f"/api/v1/applications/{APP}/events/history?type=downlink"
+    assert orchestrator.call("GET", history, 200).json()["items"] == []

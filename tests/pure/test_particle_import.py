@@ -213,10 +213,17 @@ def test_every_other_field() -> None:
 
 
 def test_query_parameters_named_like_credentials_are_sealed() -> None:
-    """ThingSpeak-style `api_key` in the query is a secret: write-only, masked, never in plain config."""
-    config = config_of(query={"api_key": "K3Y", "field1": "{{{PARTICLE_EVENT_VALUE}}}"})
-    assert config["query"] == {"field1": "{{{PARTICLE_EVENT_VALUE}}}"}
+    """ThingSpeak-style `api_key` in the query, or in the URL's own query string, is a secret: write-only,
+    masked, never in plain config; words that merely hold one (author) are not."""
+    config = config_of(query={"api_key": "K3Y", "author": "me", "field1": "{{{PARTICLE_EVENT_VALUE}}}"})
+    assert config["query"] == {"author": "me", "field1": "{{{PARTICLE_EVENT_VALUE}}}"}
     assert config["secret_query"] == {"api_key": "K3Y"}
+    imported = particle.convert(
+        {**MINIMAL, "url": "https://api.thingspeak.com/update?api_key=W1&x=1", "form": {"apiKey": "W1"}}
+    )
+    assert imported.request.config["url"] == "https://api.thingspeak.com/update?x=1"
+    assert imported.request.config["secret_query"] == {"api_key": "W1"}
+    assert any(note.startswith("form apiKey: looks like a credential") for note in imported.notes)
 
 
 def test_name_and_disabled_go_to_the_integration() -> None:

@@ -248,9 +248,11 @@ def test_a_particle_definition_renders_a_named_event_as_particle_would() -> None
         "t": 21.5,  # keys of JSON data are variables, as on Particle
         "at": "2026-01-02T03:04:05Z",
     }
-    clashing = {**publish, "data": '{"device": "sensor-a", "message": "hi", "PARTICLE_DEVICE_ID": "x"}'}
+    data = '{"event": "boot", "message": "hi", "PARTICLE_DEVICE_ID": "x", "device_id": "victim", "device": {}}'
+    clashing = {**publish, "data": data}
     named = build_context(Event("publish", "t", "app-1", "dev-1", {**payload, "publish": clashing}), "hook")
-    assert (named["device"], named["message"], named["PARTICLE_DEVICE_ID"]) == ("sensor-a", "hi", "dev-1")
+    assert (named["event"], named["message"], named["PARTICLE_DEVICE_ID"]) == ("boot", "hi", "dev-1")
+    assert named["device_id"] == "dev-1" and named["device"] == {"name": "", "attributes": {}}  # never forged
     uplink = build_context(event_for(UPLINK), "hook")
     assert uplink["PARTICLE_EVENT_NAME"] == "uplink"
     assert json.loads(uplink["PARTICLE_EVENT_VALUE"])["temperature"] == 21.5
@@ -309,3 +311,11 @@ def test_secret_query_values_are_sent_and_known_as_secrets() -> None:
     request = built_for_publish(query='{"f": "1"}', secret_query='{"api_key": "k-{{PARTICLE_DEVICE_ID}}"}')
     assert parse_qs(urlsplit(request.url).query) == {"f": ["1"], "api_key": ["k-photon-1"]}
     assert "k-photon-1" in request.secrets
+
+
+def test_renamed_settings_are_refused_not_ignored() -> None:
+    """A filter under its old name would be ignored and every event sent: it is refused, naming the new one."""
+    from webhook_worker.check import check_environment
+
+    problems = check_environment({"WEBHOOK_URL": "https://example.com", "WEBHOOK_EVENT_PREFIX": "temp"})
+    assert ("WEBHOOK_EVENT_PREFIX", "renamed WORKER_EVENT_PREFIX: set that instead") in problems

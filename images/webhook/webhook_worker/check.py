@@ -69,9 +69,18 @@ def _ssl_context(settings: WebhookSettings) -> ssl.SSLContext | bool:
     return context
 
 
+# Settings that moved to the SDK: a worker that ignored them would send every event, so they are refused.
+RENAMED = {"WEBHOOK_EVENT_PREFIX": "WORKER_EVENT_PREFIX", "WEBHOOK_DEVICES": "WORKER_DEVICES"}
+
+
+def renamed_settings(environment: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(old variable, why) for each renamed setting the environment still uses."""
+    return [(old, f"renamed {new}: set that instead") for old, new in RENAMED.items() if environment.get(old)]
+
+
 def check_environment(environment: Mapping[str, str]) -> list[tuple[str, str]]:
     """What the worker would refuse at start in this environment: (environment variable, why) for each problem."""
-    problems = settings_problems(WebhookSettings, environment)
+    problems = renamed_settings(environment) + settings_problems(WebhookSettings, environment)
     if problems:
         return problems
     try:

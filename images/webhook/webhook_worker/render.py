@@ -18,6 +18,24 @@ from worker_sdk import Event
 from .handlebars import Compiled, HandlebarsError
 
 # A JSON leaf that is a single tag, like "{{decoded_payload.temperature}}", keeps the value's JSON type.
+# Variables a named event's data cannot replace: identity, time, and the registry's word on the device.
+PROTECTED = frozenset(
+    {
+        "application_id",
+        "device_id",
+        "integration_id",
+        "dev_eui",
+        "join_eui",
+        "dev_addr",
+        "device",
+        "correlation_id",
+        "correlation_ids",
+        "received_at",
+        "received_at_unix",
+        "received_at_unix_ms",
+        "received_at_unix_ns",
+    }
+)
 SINGLE_TAG = re.compile(r"^\s*\{\{\{?\s*([\w.\-]+)\s*\}?\}\}\s*$")
 
 
@@ -135,9 +153,10 @@ def particle_variables(event: Event, context: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             data = None
         if isinstance(data, dict):
-            # As on Particle, where a definition's other names all come from the data: they win over ours
-            # (`device`, `message`, ...), never over Particle's own variables.
-            found |= {key: item for key, item in data.items() if key not in found}
+            # As on Particle, where a definition's other names all come from the data, they win over ours
+            # (`event`, `message`, ...); never over Particle's own, nor over who sent it and what the registry
+            # says of the device: a device must not pass for another.
+            found |= {key: item for key, item in data.items() if key not in found and key not in PROTECTED}
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
 import time
@@ -13,12 +14,12 @@ from typing import Any
 
 import aiohttp
 
-from worker_sdk import Event, PermanentError, RetryableError, Worker
+from worker_sdk import ConfigurationError, Event, PermanentError, RetryableError, Worker
 from worker_sdk.messages import InvalidDownlink, validate_downlinks
 from worker_sdk.outbound import OutboundPolicy
 from worker_sdk.redact import Redactor
 
-from .check import prepare
+from .check import prepare, renamed_settings
 from .config import WebhookSettings
 from .render import Template, build_context
 from .request import InvalidRequest, OutgoingRequest, response_downlinks
@@ -26,6 +27,7 @@ from .request import InvalidRequest, OutgoingRequest, response_downlinks
 EXCERPT_CHARS = 300
 MAX_RESPONSE_BYTES = 64 * 1024
 RETRYABLE_STATUS = {408, 425, 429}
+log = logging.getLogger(__name__)
 PART_BYTES = 512  # Particle's part size for answers to the device
 MAX_PARTS = 16  # downlinks the handler takes in one push
 
@@ -85,6 +87,9 @@ class WebhookWorker(Worker):
     def configure(self) -> None:
         """Compile every template once, naming the setting of each one that does not parse."""
         self.events = self.settings.event_names
+        renamed = renamed_settings(os.environ)
+        if renamed:
+            raise ConfigurationError([f"{name}: {why}" for name, why in renamed])
         self.policy = OutboundPolicy.from_environment(os.environ)
         prepared = prepare(self.settings, self.policy)  # what the orchestrator checked before it accepted it
         self.builder = prepared.builder
@@ -176,7 +181,7 @@ class WebhookWorker(Worker):
                 f"(WEBHOOK_RESPONSE_TOO_LONG={self.settings.response_too_long})"
             )
             # Not on the error topic: the message was delivered, and firmware may take hook-error for "send again".
-            await self.report("error", message, device_id=event.device_id, correlation_ids=event.correlation_ids)
+            await self.report("error", message, device_id=event.device_id)  # not the message's: it was delivered
             return
         await self._send_parts(event, topic.render(context), data)
 
@@ -201,13 +206,21 @@ class WebhookWorker(Worker):
         except InvalidDownlink as err:
             await self.report("error", f"no answer for the device on {topic!r}: {err}", device_id=event.device_id)
             return
+        if _is_sample(event):  # the device published nothing: it gets nothing
+            log.info("not sent to %s for a TEST sample: %s", event.device_id, [item["name"] for item in downlinks])
+            return
         await self.push_downlinks(event.device_id, downlinks)
 
     async def _send(self, request: OutgoingRequest) -> tuple[int, str, int, float | None]:
         """Send the request: status, body (first 64 KiB), duration in ms, and Retry-After seconds."""
         started = time.monotonic()
         # What errors say of the URL: without the secrets rendered into its query.
-        shown = Redactor(request.secrets).text(request.url) if request.secrets else request.url
+        masking = Redactor(request.secrets) if request.secrets else None
+        shown = masking.text(request.url) if masking else request.url
+
+        def why(err: Exception) -> str:  # aiohttp's texts may hold the whole URL
+            return masking.text(str(err)) if masking else str(err)
+
         # Following a 301/302/303 turns a POST into a GET without its body: the message would be reported
         # delivered although it never arrived. Only GET requests follow redirects.
         follow = request.method == "GET"
@@ -220,21 +233,21 @@ class WebhookWorker(Worker):
                 status = response.status
                 location = response.headers.get("Location", "")
         except aiohttp.InvalidURL as err:
-            raise PermanentError(f"invalid request URL {shown!r}: {err}") from err
+            raise PermanentError(f"invalid request URL {shown!r}: {why(err)}") from err
         except aiohttp.ClientConnectorError as err:
             if isinstance(err.os_error, OutboundRefused):  # every address the name resolves to is closed
-                raise PermanentError(f"{request.method} {shown} not sent: {err.os_error}") from err
+                raise PermanentError(f"{request.method} {shown} not sent: {why(err.os_error)}") from err
             raise RetryableError(
-                f"{request.method} {shown} failed: {err}", request={"method": request.method, "url": shown}
+                f"{request.method} {shown} failed: {why(err)}", request={"method": request.method, "url": shown}
             ) from err
         # Before ValueError: certificate errors are ValueErrors too, and may pass (a renewed certificate).
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
-            kind = "timed out" if isinstance(err, TimeoutError) else f"failed: {err}"
+            kind = "timed out" if isinstance(err, TimeoutError) else f"failed: {why(err)}"
             raise RetryableError(
                 f"{request.method} {shown} {kind}", request={"method": request.method, "url": shown}
             ) from err
         except ValueError as err:
-            raise PermanentError(f"invalid request URL {shown!r}: {err}") from err
+            raise PermanentError(f"invalid request URL {shown!r}: {why(err)}") from err
         duration_ms = int((time.monotonic() - started) * 1000)
         if 300 <= status < 400:
             raise PermanentError(
@@ -257,7 +270,7 @@ class WebhookWorker(Worker):
                 device_id=event.device_id,
                 rendered=excerpt(rendered),
             )
-        if downlinks:
+        if downlinks and not _is_sample(event):  # a TEST sample's answer is not for the device
             for downlink in downlinks:
                 downlink["correlation_ids"] = [*downlink.get("correlation_ids", []), *event.correlation_ids]
             await self.push_downlinks(event.device_id, downlinks)
@@ -270,3 +283,8 @@ def _with_response(context: dict[str, Any], status: int, body: str) -> dict[str,
     except ValueError:
         parsed = None
     return {**context, "response": {"status": status, "body": body, "json": parsed}}
+
+
+def _is_sample(event: Event) -> bool:
+    """A message the TEST button sent, not the device."""
+    return any(correlation.startswith("test:") for correlation in event.correlation_ids)
