@@ -4,8 +4,12 @@ form fields; the device gets the answer back at once in 512-byte parts, and an e
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from urllib.parse import parse_qs
+
+import httpx
+from httpx_sse import connect_sse
 
 from tests.support.mqtt import MqttProbe
 from tests.support.orchestrator import RunningOrchestrator
@@ -88,6 +92,18 @@ def test_a_particle_webhook_fires_for_its_prefix_and_answers_the_device(
     assert named["photon-1/hook-response/temperature/0"] == b"max 25.5 for temperature"
     order = [body["name"] for body in delivered if "hook-response/temp/" in body["name"]]
     assert order == sorted(order)  # parts arrive in order
+
+    # As on Particle, the answers show on the stream too (`particle subscribe hook-response`), from the log.
+    reader = orchestrator.create_key(APP, "messages:read")
+    stream = f"{orchestrator.url}/v1/devices/photon-1/events/photon-1/hook-response/temp/?access_token={reader}"
+    shown: list[tuple[str, str]] = []
+    with httpx.Client(timeout=10) as client, connect_sse(client, "GET", stream, headers={"Last-Event-ID": "0"}) as sse:
+        for item in sse.iter_sse():
+            shown.append((item.event, json.loads(item.data)["data"]))
+            if len(shown) == 3:
+                break
+    assert [name for name, _ in shown] == [f"photon-1/hook-response/temp/{index}" for index in range(3)]
+    assert "".join(data for _, data in shown).encode() == LONG_ANSWER
 
     counters = wait_for(
         lambda: (c := orchestrator.integration(APP, "hook")["counters"])["failed"] >= 1 and c, what="counters"

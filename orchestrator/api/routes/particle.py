@@ -1,9 +1,11 @@
 """Particle's event stream, for clients built for it: `GET /v1/events/{prefix}`, `/v1/devices/events/{prefix}`
 and `/v1/devices/{device}/events/{prefix}`, with the application's key as `access_token` or a Bearer header.
-Each named event comes as Particle sends it: `event: NAME`, `data: {"data", "ttl", "published_at", "coreid"}`."""
+Each named event, and each named downlink (a webhook's answer), comes as Particle sends it: `event: NAME`,
+`data: {"data", "ttl", "published_at", "coreid"}`."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -47,23 +49,30 @@ ReaderDep = Annotated[Principal, Depends(particle_reader)]
 
 
 def particle_event(event: LoggedEvent, prefix: str, device_id: str | None) -> ServerSentEvent | None:
-    """A named event as Particle's stream writes it, or None when the filters leave it out."""
+    """A named event, or a named downlink (a webhook's `hook-response/…/0`), as Particle's stream writes it; None
+    when the filters leave it out."""
     if device_id is not None and event.device_id != device_id:
         return None
     try:
-        publish = json.loads(event.data)["publish"]
-        name = str(publish["name"])
+        found = json.loads(event.data)
+        if event.name == "downlink.deliver":  # an answer to the device, shown as Particle shows hook-response
+            name, data = str(found["name"]), _payload_text(found)
+            ttl, published_at = 60, event.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        else:
+            publish = found["publish"]
+            name, data = str(publish["name"]), publish.get("data", "")
+            ttl, published_at = publish.get("ttl", 60), publish.get("published_at", "")
     except (ValueError, KeyError, TypeError):
         return None
     if not name.startswith(prefix):
         return None
-    body = {
-        "data": publish.get("data", ""),
-        "ttl": publish.get("ttl", 60),
-        "published_at": publish.get("published_at", ""),
-        "coreid": event.device_id or "",
-    }
+    body = {"data": data, "ttl": ttl, "published_at": published_at, "coreid": event.device_id or ""}
     return ServerSentEvent(data=json.dumps(body), event=name, id=str(event.id))
+
+
+def _payload_text(downlink: dict[str, object]) -> str:
+    """A named downlink's bytes as text (Particle's events carry text)."""
+    return base64.b64decode(str(downlink.get("frm_payload") or "")).decode("utf-8", "replace")
 
 
 async def _stream(
@@ -71,7 +80,8 @@ async def _stream(
 ) -> EventSourceResponse:
     app_id = str(who.application_id)
     after = resume_after(last_event_id, MAX_ID)
-    events = await services.events.stream(app_id, after=after, replay=False, prefixes=("publish",))
+    prefixes = ("publish", "downlink.deliver")
+    events = await services.events.stream(app_id, after=after, replay=False, prefixes=prefixes)
 
     async def sse() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="ok")

@@ -326,7 +326,7 @@ export async function integrationPage(appId, integrationId) {
 }
 
 async function runTest(base, slot, after) {
-  slot.replaceChildren(h("div", { class: "card" }, "Sending a sample uplink through this integration…"));
+  slot.replaceChildren(h("div", { class: "card" }, "Sending a sample message through this integration…"));
   try {
     const result = await api("POST", `${base}/test`, {});
     const details = result.event?.details || {};
@@ -335,7 +335,7 @@ async function runTest(base, slot, after) {
       h("p", { class: result.outcome === "delivered" ? "" : "error-text" }, result.message),
       details.request ? h("div", {}, h("strong", {}, "Request "), `${details.request.method} ${details.request.url}`, h("pre", {}, details.request.body || "")) : null,
       details.response ? h("div", {}, h("strong", {}, "Response "), `HTTP ${details.response.status}`, h("pre", {}, details.response.body || "")) : null,
-      h("details", {}, h("summary", {}, "Sample uplink"), h("pre", {}, JSON.stringify(result.uplink, null, 2)))));
+      h("details", {}, h("summary", {}, "Sample message"), h("pre", {}, JSON.stringify(result.uplink, null, 2)))));
     after();
   } catch (err) {
     slot.replaceChildren(h("div", { class: "card", "data-test-outcome": "error" }, h("p", { class: "error-text" }, err.message)));
