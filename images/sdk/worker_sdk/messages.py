@@ -21,7 +21,6 @@ from pydantic import (
 
 ID_PATTERN = r"^[a-z0-9](?:-?[a-z0-9]){2,35}$"
 EUI_PATTERN = r"^[0-9A-Fa-f]{16}$"
-MAX_DOWNLINKS_PER_REQUEST = 16  # one `down/push` or `down/replace`
 EVENT_NAME_PATTERN = r"[A-Za-z0-9_\-/]{1,64}"
 DOWNLINK_NAME_PATTERN = r"^[A-Za-z0-9_\-/.:]{1,255}$"  # ASCII only: \w would let other alphabets in
 
@@ -138,7 +137,7 @@ class DownlinkRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    downlinks: list[Downlink] = Field(max_length=MAX_DOWNLINKS_PER_REQUEST)
+    downlinks: list[Downlink] = Field(max_length=16)
     end_device_ids: dict[str, Any] | None = None
 
 

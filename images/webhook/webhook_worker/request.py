@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from worker_sdk import Event
 from worker_sdk.messages import Downlink, describe_errors
 from worker_sdk.outbound import OutboundPolicy
-from worker_sdk.redact import Redactor
 from worker_sdk.topics import selected_events
 
 from .config import WebhookSettings, split_names
@@ -38,17 +37,7 @@ class OutgoingRequest:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
-    secrets: list[str] = field(default_factory=list)  # rendered secrets: headers, query, authorization
-
-    def masked(self, text: str) -> str:
-        """The text without this request's secrets (one Redactor per request, made when first needed)."""
-        if not self.secrets:
-            return text
-        if self._masking is None:
-            self._masking = Redactor(self.secrets)
-        return self._masking.text(text)
-
-    _masking: Redactor | None = field(default=None, init=False, repr=False)
+    secrets: list[str] = field(default_factory=list)  # the rendered values of secret headers
 
 
 class InvalidRequest(ValueError):

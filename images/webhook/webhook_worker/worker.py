@@ -15,8 +15,9 @@ from typing import Any
 import aiohttp
 
 from worker_sdk import ConfigurationError, Event, PermanentError, RetryableError, Worker
-from worker_sdk.messages import MAX_DOWNLINKS_PER_REQUEST, InvalidDownlink, validate_downlinks
+from worker_sdk.messages import InvalidDownlink, validate_downlinks
 from worker_sdk.outbound import OutboundPolicy
+from worker_sdk.redact import Redactor
 
 from .check import prepare, renamed_settings
 from .config import WebhookSettings
@@ -28,7 +29,7 @@ MAX_RESPONSE_BYTES = 64 * 1024
 RETRYABLE_STATUS = {408, 425, 429}
 log = logging.getLogger(__name__)
 PART_BYTES = 512  # Particle's part size for answers to the device
-MAX_PARTS = MAX_DOWNLINKS_PER_REQUEST  # one push of named downlinks
+MAX_PARTS = 16  # downlinks the handler takes in one push
 
 
 def excerpt(data: bytes | str | None) -> str:
@@ -125,8 +126,10 @@ class WebhookWorker(Worker):
         except InvalidRequest as err:
             raise PermanentError(str(err)) from err
         status, body, duration_ms, retry_after = await self._send(request)
-        # Rendered secrets (in the query, or echoed by the target) stay out of reports.
-        body, url = request.masked(body), request.masked(request.url)
+        url = request.url
+        if request.secrets:  # rendered secrets (in the query, or echoed by the target) stay out of reports
+            masking = Redactor(request.secrets)
+            body, url = masking.text(body), masking.text(url)
         details = {
             "request": {"method": request.method, "url": url, "body": excerpt(request.body)},
             "response": {"status": status, "body": excerpt(body)},
@@ -212,10 +215,11 @@ class WebhookWorker(Worker):
         """Send the request: status, body (first 64 KiB), duration in ms, and Retry-After seconds."""
         started = time.monotonic()
         # What errors say of the URL: without the secrets rendered into its query.
-        shown = request.masked(request.url)
+        masking = Redactor(request.secrets) if request.secrets else None
+        shown = masking.text(request.url) if masking else request.url
 
         def why(err: Exception) -> str:  # aiohttp's texts may hold the whole URL
-            return request.masked(str(err))
+            return masking.text(str(err)) if masking else str(err)
 
         # Following a 301/302/303 turns a POST into a GET without its body: the message would be reported
         # delivered although it never arrived. Only GET requests follow redirects.
